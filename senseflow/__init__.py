@@ -1,0 +1,2 @@
+"""SenseFlow distillation core."""
+__version__ = "0.1.0"
