@@ -1,0 +1,465 @@
+"""Typed, validated run configuration: presets + YAML + dotted overrides.
+
+One `RunConfig` describes one run completely; its resolved form is saved as `config.yaml` next to the
+run and is enough (with the code version) to reproduce it. Every error names the key, the bad value
+and what is allowed (`ConfigError`, one line, no traceback at the command line).
+
+Times are expressed in the family's 1000-entry sigma table (`ModelBundle.sigma_table`, index 999 is
+sigma = 1): generator anchors, DMD index ranges and ISG margins are table indices, exactly as the
+authors' settings are written. For SD3.5 the table is the shift-3 table, so anchors [999, 749, 499, 249]
+are sigma [1.0, 0.9, 0.75, 0.5]; for FLUX the table is linear (sigma = (i + 1) / 1000).
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A bad configuration: the message names the key, the value and what is allowed."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GuidanceConfig(_Strict):
+    """Teacher guidance scale, drawn w ~ U(low, high) per sample each call (low == high: fixed)."""
+
+    low: float = Field(1.0, ge=0.0)
+    high: float = Field(1.0, ge=0.0)
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+
+class TimestepConfig(_Strict):
+    """How a sigma is drawn: an index into the sigma table, logit-normal, or uniform (then shifted)."""
+
+    kind: Literal["table_index", "logit_normal", "uniform"] = "logit_normal"
+    low: int = Field(20, ge=0, le=999, description="table_index: lowest index")
+    high: int = Field(980, ge=0, le=999, description="table_index: highest index")
+    mean: float = 0.0
+    std: float = Field(1.0, gt=0.0)
+    shift: float = Field(1.0, gt=0.0, description="shift applied to logit_normal / uniform draws")
+
+    @model_validator(mode="after")
+    def _order(self):
+        if self.kind == "table_index" and self.high < self.low:
+            raise ValueError(f"high ({self.high}) must be >= low ({self.low})")
+        return self
+
+
+class ModelConfig(_Strict):
+    family: Literal["digits", "sd3", "flux", "sdxl"] = "digits"
+    teacher: str = Field("", description="hub id or local diffusers directory ('' for worlds that build their own)")
+    tiny: bool = Field(False, description="random-init tiny version of the architecture (tests, smoke runs)")
+    resolution: int = Field(1024, ge=8)
+    dtype: Literal["float32", "bfloat16", "float16"] = "bfloat16"
+    with_t5: bool = True
+    table_shift: float = Field(1.0, gt=0.0, description="shift of the sigma table (SD3.5: 3; FLUX: 1)")
+
+
+class GeneratorConfig(_Strict):
+    anchor_indices: list[int] = Field(default_factory=lambda: [999, 749, 499, 249])
+    backsim_prob: float = Field(0.5, ge=0.0, le=1.0)
+    sampler: Literal["stochastic", "euler"] = "stochastic"
+
+    @field_validator("anchor_indices")
+    @classmethod
+    def _anchors(cls, v: list[int]):
+        if not v:
+            raise ValueError("needs at least one anchor")
+        if any(not 0 <= i <= 999 for i in v):
+            raise ValueError(f"every anchor index must lie in [0, 999], got {v}")
+        if any(a <= b for a, b in zip(v, v[1:])):
+            raise ValueError(f"anchor indices must be strictly decreasing (noisiest first), got {v}")
+        return v
+
+
+class DMDConfig(_Strict):
+    timestep: TimestepConfig = Field(default_factory=lambda: TimestepConfig(kind="table_index"))
+    guidance: GuidanceConfig = Field(default_factory=lambda: GuidanceConfig(low=3.0, high=10.0))
+
+
+class FakeScoreConfig(_Strict):
+    timestep: TimestepConfig = Field(default_factory=TimestepConfig)
+    loss: Literal["flow", "epsilon"] = Field("flow", description="epsilon: SDXL's epsilon-MSE variant")
+
+
+class IDAConfig(_Strict):
+    enabled: bool = True
+    lam: float = Field(0.97, ge=0.0, le=1.0, description="phi <- lam * phi + (1 - lam) * theta")
+
+
+class ISGConfig(_Strict):
+    enabled: bool = True
+    weight: float = Field(1.0, ge=0.0)
+    margin: int = Field(50, ge=0, description="table indices kept clear of both segment ends")
+    distance: Literal["pseudo_huber", "l2"] = "pseudo_huber"
+    huber_c: float = Field(1e-3, gt=0.0)
+    guidance: GuidanceConfig = Field(default_factory=lambda: GuidanceConfig(low=5.0, high=5.0))
+
+
+class GANConfig(_Strict):
+    kind: Literal["none", "vfm", "dmd2"] = "vfm"
+    weight: float = Field(0.1, ge=0.0, description="lambda_gan on the generator's adversarial term")
+    disc_weight: float = Field(1.0, ge=0.0, description="weight of the discriminator's own loss")
+    omega: Literal["paper", "sd35", "sdxl", "one"] = "paper"
+    backbone: str = Field("facebook/dinov2-large", description="DINOv2 hub id or local dir (vfm)")
+    layers: list[int] | None = Field(None, description="blocks whose outputs feed heads (None: the backbone's preset)")
+    head_channels: int = Field(64, ge=1)
+    virtual_batch: int = Field(8, ge=1)
+    diffaug: list[Literal["color", "translation", "cutout"]] = Field(
+        default_factory=lambda: ["color", "translation", "cutout"])
+    reference: bool = Field(True, description="condition on the real reference image's features")
+
+
+class OptimConfig(_Strict):
+    lr_generator: float = Field(1e-6, gt=0.0)
+    lr_fake: float = Field(1e-6, gt=0.0)
+    lr_disc: float = Field(1e-6, gt=0.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    weight_decay: float = Field(0.01, ge=0.0)
+    eps: float = Field(1e-8, gt=0.0)
+    eight_bit: bool = Field(False, description="bitsandbytes AdamW8bit when installed")
+    grad_clip: float = Field(1.0, gt=0.0)
+    ttur: int = Field(5, ge=1, description="generator updated when iteration % ttur == 0")
+    warmup: int = Field(0, ge=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v):
+        if not all(0.0 <= b < 1.0 for b in v):
+            raise ValueError(f"each beta must lie in [0, 1), got {list(v)}")
+        return v
+
+
+class TrainConfig(_Strict):
+    iterations: int = Field(1000, ge=1)
+    batch_size: int = Field(1, ge=1, description="per process")
+    seed: int = 0
+    checkpoint_every: int = Field(500, ge=1)
+    keep_checkpoints: int = Field(2, ge=1)
+    log_every: int = Field(10, ge=1)
+    sample_every: int = Field(0, ge=0, description="0: only at the end")
+    eval_every: int = Field(0, ge=0, description="0: only at the end")
+    mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    gradient_checkpointing: bool = True
+    divergence_grad_norm: float = Field(1e4, gt=0.0, description="pre-clip norm above this counts as diverged")
+    divergence_patience: int = Field(3, ge=1, description="consecutive bad iterations before stopping")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: leave as is)")
+
+
+class DataConfig(_Strict):
+    kind: Literal["digits", "image_text_folder", "image_text_jsonl"] = "digits"
+    path: str = Field("", description="folder or jsonl of (image, caption) pairs for real teachers")
+    num_workers: int = Field(0, ge=0)
+
+
+class EvalConfig(_Strict):
+    metrics: list[str] = Field(default_factory=lambda: ["fid_t", "prompt_accuracy"])
+    num_samples: int = Field(2000, ge=1)
+    batch_size: int = Field(250, ge=1)
+    prompts: str = Field("", description="prompt file ('' : the world's held-out prompts)")
+    samplers: list[Literal["stochastic", "euler"]] = Field(default_factory=lambda: ["stochastic"])
+    seed: int = 1234
+
+
+class OutputConfig(_Strict):
+    root: str = "results/runs"
+    grid: str = "adhoc"
+
+
+class RunConfig(_Strict):
+    name: str = Field("run", description="variant label shown in tables, e.g. 'SenseFlow' or 'w/o ISG'")
+    method: Literal["dmd2", "senseflow", "custom"] = "senseflow"
+    preset: str = ""
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
+    dmd: DMDConfig = Field(default_factory=DMDConfig)
+    fake_score: FakeScoreConfig = Field(default_factory=FakeScoreConfig)
+    ida: IDAConfig = Field(default_factory=IDAConfig)
+    isg: ISGConfig = Field(default_factory=ISGConfig)
+    gan: GANConfig = Field(default_factory=GANConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    data: DataConfig = Field(default_factory=DataConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.isg.enabled and self.isg.margin * 2 >= min(
+                a - b for a, b in zip(self.generator.anchor_indices, self.generator.anchor_indices[1:] + [-1])):
+            raise ValueError(f"isg.margin={self.isg.margin} leaves no room inside the shortest anchor segment "
+                             f"of generator.anchor_indices={self.generator.anchor_indices}; lower isg.margin")
+        return self
+
+    # ------------------------------------------------------------------ identity
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def identity_hash(self) -> str:
+        """Hash of everything that changes the result (the output location does not)."""
+        d = self.to_dict()
+        d.pop("output", None)
+        return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
+
+
+# ---------------------------------------------------------------------------- presets
+def _paper_common() -> dict[str, Any]:
+    return {"train": {"batch_size": 1, "checkpoint_every": 500, "mixed_precision": "bf16", "gradient_checkpointing": True},
+            "data": {"kind": "image_text_folder"},
+            "eval": {"metrics": ["fid_t", "patch_fid_t", "clip_score", "hps", "pickscore", "image_reward"],
+                     "num_samples": 5000, "batch_size": 8, "samplers": ["stochastic", "euler"]}}
+
+
+def _sd35(large: bool) -> dict[str, Any]:
+    return _merge(_paper_common(), {
+        "model": {"family": "sd3", "teacher": "stabilityai/stable-diffusion-3.5-large" if large
+                  else "stabilityai/stable-diffusion-3.5-medium", "resolution": 1024, "table_shift": 3.0},
+        "generator": {"anchor_indices": [999, 749, 499, 249]},
+        "dmd": {"timestep": {"kind": "table_index", "low": 20, "high": 980},
+                "guidance": {"low": 3.0, "high": 10.0} if large else {"low": 2.0, "high": 8.0}},
+        "fake_score": {"timestep": {"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 3.0}},
+        "ida": {"lam": 0.97 if large else 0.98},
+        "isg": {"weight": 1.0 if large else 0.5, "margin": 50,
+                "guidance": {"low": 5.0, "high": 5.0} if large else {"low": 2.0, "high": 4.0}},
+        "gan": {"kind": "vfm", "weight": 0.1, "omega": "sd35", "backbone": "facebook/dinov2-large",
+                "layers": [2, 5, 8, 10, 14, 19, 23]},
+        "optim": {"lr_generator": 1e-6, "lr_fake": 1e-6, "lr_disc": 1e-6, "eight_bit": True, "ttur": 5 if large else 10},
+        "train": {"iterations": 27000 if large else 27000},
+    })
+
+
+def _flux() -> dict[str, Any]:
+    return _merge(_paper_common(), {
+        "model": {"family": "flux", "teacher": "black-forest-labs/FLUX.1-dev", "resolution": 1024, "table_shift": 1.0},
+        "generator": {"anchor_indices": [999, 903, 758, 511]},  # sigma 1.0, .904, .759, .512
+        "dmd": {"timestep": {"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 1.0},
+                "guidance": {"low": 1.0, "high": 8.0}},
+        "fake_score": {"timestep": {"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 1.0}},
+        "ida": {"lam": 0.97},
+        "isg": {"weight": 1.0, "margin": 20, "guidance": {"low": 1.0, "high": 8.0}},
+        "gan": {"kind": "vfm", "weight": 2.0, "omega": "paper", "backbone": "facebook/dinov2-large",
+                "layers": [2, 5, 8, 10, 14, 19, 23]},
+        "optim": {"lr_generator": 1e-5, "lr_fake": 1e-5, "lr_disc": 1e-5, "eight_bit": True, "ttur": 5},
+        "train": {"iterations": 12000},
+    })
+
+
+def _sdxl() -> dict[str, Any]:
+    return _merge(_paper_common(), {
+        "model": {"family": "sdxl", "teacher": "stabilityai/stable-diffusion-xl-base-1.0", "resolution": 1024},
+        "generator": {"anchor_indices": [999, 749, 499, 249]},  # DDPM t
+        "dmd": {"timestep": {"kind": "table_index", "low": 20, "high": 980}, "guidance": {"low": 8.0, "high": 8.0}},
+        "fake_score": {"timestep": {"kind": "table_index", "low": 0, "high": 999}, "loss": "epsilon"},
+        "ida": {"enabled": False, "lam": 0.97},
+        "isg": {"weight": 0.2, "margin": 20, "guidance": {"low": 3.0, "high": 15.0}},
+        "gan": {"kind": "vfm", "weight": 0.5, "omega": "sdxl", "backbone": "facebook/dinov2-large",
+                "layers": [2, 5, 8, 10, 14, 19, 23]},
+        "optim": {"lr_generator": 1e-6, "lr_fake": 1e-6, "lr_disc": 1e-6, "eight_bit": False, "ttur": 5},
+        "train": {"iterations": 18000},
+    })
+
+
+def _digits() -> dict[str, Any]:
+    """The embedded CPU world (see senseflow.worlds.digits); budgets sized for minutes on 2 cores."""
+    return {
+        "model": {"family": "digits", "teacher": "", "resolution": 8, "dtype": "float32", "table_shift": 1.0},
+        "generator": {"anchor_indices": [999, 749, 499, 249]},
+        "dmd": {"timestep": {"kind": "table_index", "low": 20, "high": 980}, "guidance": {"low": 2.0, "high": 4.0}},
+        "fake_score": {"timestep": {"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 1.0}},
+        "ida": {"lam": 0.97},
+        "isg": {"weight": 1.0, "margin": 20, "guidance": {"low": 3.0, "high": 3.0}},
+        "gan": {"kind": "vfm", "weight": 0.1, "omega": "paper", "backbone": "digits-vit", "layers": None,
+                "virtual_batch": 8},
+        "optim": {"lr_generator": 1e-4, "lr_fake": 1e-4, "lr_disc": 1e-4, "weight_decay": 0.0, "ttur": 5},
+        "train": {"iterations": 2000, "batch_size": 64, "checkpoint_every": 500, "log_every": 25,
+                  "mixed_precision": "no", "gradient_checkpointing": False},
+        "data": {"kind": "digits"},
+        "eval": {"metrics": ["fid_t", "fid", "prompt_accuracy", "diversity"], "num_samples": 2000, "batch_size": 500,
+                 "samplers": ["stochastic"]},
+    }
+
+
+def _as_dmd2(base: dict[str, Any], gan_weight: float) -> dict[str, Any]:
+    """DMD2 baseline on the same teacher: no IDA, no ISG, DMD2's own bottleneck GAN head."""
+    return _merge(base, {"method": "dmd2", "ida": {"enabled": False}, "isg": {"enabled": False},
+                         "gan": {"kind": "dmd2", "weight": gan_weight, "disc_weight": 1e-2, "omega": "one"}})
+
+
+_BASES = {"sd35-large": lambda: _sd35(True), "sd35-medium": lambda: _sd35(False), "flux-dev": _flux,
+          "sdxl": _sdxl, "digits": _digits}
+
+PRESETS: dict[str, Any] = {}
+for _name, _base in _BASES.items():
+    PRESETS[f"{_name}-senseflow"] = (lambda b=_base, n=_name: _merge(b(), {"method": "senseflow", "name": "SenseFlow",
+                                                                         "preset": f"{n}-senseflow"}))
+    PRESETS[f"{_name}-dmd2"] = (lambda b=_base, n=_name: _merge(_as_dmd2(b(), 1e-3 if n != "digits" else 1e-2),
+                                                                {"name": "DMD2", "preset": f"{n}-dmd2"}))
+
+
+# ---------------------------------------------------------------------------- loading
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _model_for(path: tuple[str, ...]) -> type[BaseModel] | None:
+    cls: type[BaseModel] | None = RunConfig
+    for part in path:
+        if cls is None or part not in cls.model_fields:
+            return None
+        ann = cls.model_fields[part].annotation
+        cls = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return cls
+
+
+def _check_keys(d: dict[str, Any], path: tuple[str, ...] = ()) -> None:
+    """Unknown keys are errors, with a did-you-mean."""
+    cls = _model_for(path)
+    if cls is None:
+        return
+    for k, v in d.items():
+        if k not in cls.model_fields:
+            where = ".".join(path + (k,))
+            close = difflib.get_close_matches(k, list(cls.model_fields), n=1)
+            hint = f"; did you mean '{'.'.join(path + (close[0],))}'?" if close else \
+                f"; allowed here: {', '.join(cls.model_fields)}"
+            raise ConfigError(f"unknown key '{where}'{hint}")
+        if isinstance(v, dict):
+            _check_keys(v, path + (k,))
+
+
+def _format_validation(err: ValidationError, data: dict[str, Any]) -> str:
+    first = err.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    value = first.get("input")
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "literal_error":
+        allowed = first.get("ctx", {}).get("expected", "")
+        return f"{loc}={value!r} is not allowed; expected one of {allowed}"
+    shown = value if not isinstance(value, dict) else "{...}"
+    return f"{loc or 'config'}={shown!r}: {msg}" if loc else f"config: {msg}"
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'isg.weight=0.5' -> (['isg', 'weight'], 0.5). Values are parsed as YAML scalars/lists."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key.path=value (e.g. ida.lam=0.97)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {text!r} has an empty key; write key.path=value")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}={raw!r}: the value is not valid YAML ({e.problem})") from None
+    return key.split("."), value
+
+
+def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    out = copy.deepcopy(d)
+    for o in overrides:
+        path, value = parse_override(o)
+        _check_keys(_nest(path, value))
+        node = out
+        for p in path[:-1]:
+            nxt = node.get(p)
+            if not isinstance(nxt, dict):
+                nxt = {}
+                node[p] = nxt
+            node = nxt
+        node[path[-1]] = value
+    return out
+
+
+def _nest(path: list[str], value: Any) -> dict[str, Any]:
+    d: Any = value
+    for p in reversed(path):
+        d = {p: d}
+    return d
+
+
+def build(data: dict[str, Any]) -> RunConfig:
+    """Validate a plain dict into a RunConfig, raising ConfigError on the first problem."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"a config must be a mapping of keys to values, got {type(data).__name__}")
+    _check_keys(data)
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_format_validation(e, data)) from None
+
+
+def preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else ""
+        raise ConfigError(f"unknown preset '{name}'{hint} (available: {', '.join(sorted(PRESETS))})")
+    return PRESETS[name]()
+
+
+def load_yaml(path: str | Path) -> dict[str, Any]:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file '{p}' does not exist")
+    try:
+        data = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"config file '{p}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file '{p}' must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def resolve(source: str | Path | dict[str, Any] | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Preset name, YAML path or dict (a YAML may name `preset:` as its base) + dotted overrides."""
+    if source is None:
+        data: dict[str, Any] = {}
+    elif isinstance(source, dict):
+        data = copy.deepcopy(source)
+    elif isinstance(source, str) and source in PRESETS:
+        data = preset(source)
+    elif isinstance(source, str) and not Path(source).suffix and not Path(source).exists():
+        data = preset(source)  # raises with a did-you-mean
+    else:
+        data = load_yaml(source)
+    base_name = data.get("preset")
+    if base_name:
+        if not isinstance(base_name, str):
+            raise ConfigError(f"preset={base_name!r} must be a preset name (available: {', '.join(sorted(PRESETS))})")
+        data = _merge(preset(base_name), data)  # the file's own keys win over its base preset
+    data = apply_overrides(data, overrides or [])
+    return build(data)
+
+
+def save(cfg: RunConfig, path: str | Path) -> None:
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(p.suffix + ".tmp")
+    tmp.write_text(cfg.to_yaml())
+    tmp.replace(p)

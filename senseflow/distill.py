@@ -1,0 +1,313 @@
+"""One SenseFlow / DMD2 iteration (ALGORITHM.md, "One training iteration").
+
+The `Distiller` owns the generator G, the fake score F, the frozen teacher, the optional
+discriminator D and their optimizers, and performs `step(iteration, batch)`. It writes no files and
+logs nothing: it returns a dict of scalars. Every random draw of an iteration comes from generators
+seeded by (seed, iteration[, rank]), so an interrupted run resumes bit-identically and the anchor
+index and backward-simulation coin are shared across ranks while the noise differs per rank.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from senseflow import flow, losses
+from senseflow.config import GuidanceConfig, RunConfig, TimestepConfig
+from senseflow.generator import FewStepGenerator
+from senseflow.models.base import Conditioning, Denoiser, LatentCodec, TextEncoder, guided_velocity
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class Batch:
+    """latents: (B, C, H, W) real latents; pixels: (B, c, h, w) real images in [-1, 1] (D's real input and
+    reference); cond: the prompts' conditioning."""
+
+    latents: Tensor
+    pixels: Tensor
+    cond: Conditioning
+    prompts: list[str] | None = None
+
+
+def step_generator(seed: int, iteration: int, stream: int = 0, rank: int = 0) -> torch.Generator:
+    """A CPU generator determined by (seed, iteration, stream, rank)."""
+    g = torch.Generator()
+    g.manual_seed((seed * 1_000_003 + iteration * 9_176 + stream * 131 + rank * 7_919) % (2 ** 63 - 1))
+    return g
+
+
+def draw_sigma(cfg: TimestepConfig, n: int, table: Tensor, generator: torch.Generator) -> Tensor:
+    if cfg.kind == "table_index":
+        return flow.sample_table_index(n, table, cfg.low, cfg.high, generator=generator)
+    if cfg.kind == "logit_normal":
+        s = flow.sample_logit_normal(n, cfg.mean, cfg.std, generator=generator)
+    else:
+        s = flow.sample_uniform(n, generator=generator)
+    return flow.shift(s, cfg.shift) if cfg.shift != 1.0 else s
+
+
+def draw_guidance(cfg: GuidanceConfig, n: int, generator: torch.Generator) -> Tensor:
+    return cfg.low + (cfg.high - cfg.low) * torch.rand(n, generator=generator)
+
+
+def make_optimizer(params, lr: float, cfg) -> torch.optim.Optimizer:
+    params = [p for p in params if p.requires_grad]
+    if cfg.eight_bit:
+        try:
+            import bitsandbytes as bnb  # noqa: F401
+
+            return bnb.optim.AdamW8bit(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=cfg.eps)
+        except ImportError:
+            pass  # falls back to torch AdamW; recorded by the trainer in status.json
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=cfg.eps)
+
+
+class Distiller(nn.Module):
+    """G, F, teacher, D and the optimizers of one distillation run, and one iteration of it."""
+
+    def __init__(self, cfg: RunConfig, teacher: Denoiser, text_encoder: TextEncoder, codec: LatentCodec,
+                 sigma_table: Tensor, make_discriminator=None, rank: int = 0):
+        """make_discriminator(fake_score) -> nn.Module with trainable_parameters(), or None (no GAN)."""
+        super().__init__()
+        self.cfg = cfg
+        self.rank = rank
+        self.teacher = teacher.requires_grad_(False).eval()
+        self.generator = teacher.student_copy().train()
+        self.fake_score = teacher.student_copy().train()
+        self.text_encoder = text_encoder
+        self.codec = codec
+        self.register_buffer("sigma_table", sigma_table.float(), persistent=False)
+        self.few_step = FewStepGenerator(cfg.generator.anchor_indices, sigma_table)
+        discriminator = make_discriminator(self.fake_score) if make_discriminator is not None else None
+        self.discriminator = discriminator
+        o = cfg.optim
+        self.opt_g = make_optimizer(self.generator.parameters(), o.lr_generator, o)
+        self.opt_f = make_optimizer(self.fake_score.parameters(), o.lr_fake, o)
+        self.opt_d = (make_optimizer(discriminator.trainable_parameters(), o.lr_disc, o)
+                      if discriminator is not None else None)
+        with torch.no_grad():
+            self._uncond = text_encoder.encode([""]).detach()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def device(self) -> torch.device:
+        return next(self.generator.parameters()).device
+
+    def _randn(self, shape, g: torch.Generator) -> Tensor:
+        return torch.randn(shape, generator=g).to(self.device)
+
+    def _uncond_for(self, b: int) -> Conditioning:
+        return self._uncond.to(self.device).expand_to(b)
+
+    def _teacher_velocity(self, x: Tensor, sigma: Tensor, cond: Conditioning, scale: Tensor) -> Tensor:
+        return guided_velocity(self.teacher, x, sigma, cond, self._uncond_for(x.shape[0]), scale.to(self.device))
+
+    def _clip(self, params) -> float:
+        params = [p for p in params if p.grad is not None]
+        if not params:
+            return 0.0
+        return float(torch.nn.utils.clip_grad_norm_(params, self.cfg.optim.grad_clip))
+
+    def _gan_enabled(self) -> bool:
+        return self.discriminator is not None and self.cfg.gan.kind != "none"
+
+    def _disc_logits(self, images_or_latents: Tensor, batch: Batch, sigma: Tensor | None,
+                     g: torch.Generator) -> Tensor:
+        """Logits of D on generated or real samples (VFM: decoded pixels; DMD2: noised latents)."""
+        if self.cfg.gan.kind == "vfm":
+            ref = batch.pixels if self.cfg.gan.reference else None
+            return self.discriminator(images_or_latents, batch.cond.pooled, ref_images=ref, augment=True, generator=g)
+        return self.discriminator(images_or_latents, sigma, batch.cond)
+
+    # ------------------------------------------------------------------ the iteration
+    def generator_input(self, batch: Batch, k: int, backsim: bool, g: torch.Generator) -> Tensor:
+        """x at anchor k: backward simulation of the current G, or a real latent noised to sigma_k."""
+        b = batch.latents.shape[0]
+        sigma_k = self.few_step.sigma(k)
+        if backsim and k > 0:
+            # the current G's own sample at anchor k: its x0 at anchor k-1 re-noised with fresh noise
+            return self.few_step.backward_simulate(self.generator, batch.cond, k, tuple(batch.latents.shape),
+                                                   generator=g, device=self.device)
+        noise = self._randn(batch.latents.shape, g)
+        return flow.interpolate(batch.latents, noise, torch.full((b,), sigma_k, device=self.device))
+
+    def step(self, iteration: int, batch: Batch) -> dict[str, float]:
+        cfg = self.cfg
+        seed = cfg.train.seed
+        shared = step_generator(seed, iteration, stream=0)            # same on every rank
+        local = step_generator(seed, iteration, stream=1, rank=self.rank)
+        gen_step = iteration % cfg.optim.ttur == 0
+        b = batch.latents.shape[0]
+        out: dict[str, float] = {"gen_step": float(gen_step)}
+
+        k = int(torch.randint(self.few_step.num_steps, (1,), generator=shared))
+        backsim = bool(torch.rand(1, generator=shared) < cfg.generator.backsim_prob)
+        out["anchor"] = float(k)
+        sigma_i = torch.full((b,), self.few_step.sigma(k), device=self.device)
+        sigma_next = torch.full((b,), self.few_step.sigma(k + 1), device=self.device)
+        x_i = self.generator_input(batch, k, backsim, local)
+
+        with contextlib.nullcontext() if gen_step else torch.no_grad():
+            v_g = self.generator(x_i, sigma_i, batch.cond)
+            x0_g = flow.x0_from_velocity(x_i, sigma_i, v_g)
+
+        if gen_step:
+            out.update(self._generator_update(batch, x_i, v_g, x0_g, sigma_i, sigma_next, k, local))
+        x0_g = x0_g.detach()
+        out.update(self._fake_score_update(batch, x0_g, local))
+        if self._gan_enabled():
+            out.update(self._discriminator_update(batch, x0_g, sigma_i, local))
+        return out
+
+    def _generator_update(self, batch, x_i, v_g, x0_g, sigma_i, sigma_next, k, g) -> dict[str, float]:
+        cfg = self.cfg
+        b = x_i.shape[0]
+        out: dict[str, float] = {}
+        # DMD: teacher (guided) and fake score denoise the re-noised generator sample
+        t = draw_sigma(cfg.dmd.timestep, b, self.sigma_table.cpu(), g).to(self.device)
+        eps = self._randn(x0_g.shape, g)
+        w = draw_guidance(cfg.dmd.guidance, b, g)
+        with torch.no_grad():
+            x_t = flow.interpolate(x0_g.detach(), eps, t)
+            x0_real = flow.x0_from_velocity(x_t, t, self._teacher_velocity(x_t, t, batch.cond, w))
+            x0_fake = flow.x0_from_velocity(x_t, t, self.fake_score(x_t, t, batch.cond))
+        grad = losses.dmd_gradient(x0_g, x0_real, x0_fake)
+        loss_dmd = losses.dmd_loss(x0_g, grad)
+        total = loss_dmd
+        out["loss_dmd"] = float(loss_dmd.detach())
+        out["dmd_grad_abs"] = float(grad.abs().mean())
+
+        if self._gan_enabled() and cfg.gan.weight > 0:
+            wgt = losses.omega(sigma_i, cfg.gan.omega)
+            if float(wgt.abs().max()) > 0:
+                # D's parameters receive gradients here too; opt_d zeroes them before its own step
+                if cfg.gan.kind == "vfm":
+                    logits = self._disc_logits(self.codec.decode(x0_g), batch, None, g)
+                    loss_adv = losses.hinge_g_loss(logits, wgt)
+                else:
+                    tg = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), g).to(self.device)
+                    x_tg = flow.interpolate(x0_g, self._randn(x0_g.shape, g), tg)
+                    logits = self._disc_logits(x_tg, batch, tg, g)
+                    loss_adv = losses.logistic_g_loss(logits, wgt)
+                total = total + cfg.gan.weight * loss_adv
+                out["loss_adv"] = float(loss_adv.detach())
+
+        if cfg.isg.enabled and cfg.isg.weight > 0:
+            idx_i = torch.full((b,), self.few_step.index(k), dtype=torch.long)
+            idx_n = torch.full((b,), self.few_step.index(k + 1), dtype=torch.long)
+            t_mid = losses.sample_isg_midpoint(idx_i, idx_n, cfg.isg.margin, self.sigma_table.cpu(), g).to(self.device)
+            w_isg = draw_guidance(cfg.isg.guidance, b, g)
+            x_tar = losses.isg_target(
+                x_i, sigma_i, sigma_next, t_mid,
+                teacher_velocity=lambda x, s: self._teacher_velocity(x, s, batch.cond, w_isg),
+                generator_velocity=lambda x, s: self.generator(x, s, batch.cond))
+            loss_isg = losses.isg_loss(v_g, x_i, sigma_i, sigma_next, x_tar, cfg.isg.distance, cfg.isg.huber_c)
+            total = total + cfg.isg.weight * loss_isg
+            out["loss_isg"] = float(loss_isg.detach())
+
+        self.opt_g.zero_grad(set_to_none=True)
+        total.backward()
+        out["grad_norm_g"] = self._clip(self.generator.parameters())
+        self.opt_g.step()
+        self.opt_g.zero_grad(set_to_none=True)
+        self.fake_score.zero_grad(set_to_none=True)  # DMD/ISG never train F; drop stray grads
+        if cfg.ida.enabled:
+            losses.ida_update_modules(self.fake_score, self.generator, cfg.ida.lam)
+        out["loss_g"] = float(total.detach())
+        return out
+
+    def _fake_score_update(self, batch: Batch, x0_g: Tensor, g: torch.Generator) -> dict[str, float]:
+        cfg = self.cfg
+        b = x0_g.shape[0]
+        t = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), g).to(self.device)
+        eps = self._randn(x0_g.shape, g)
+        x_t = flow.interpolate(x0_g, eps, t)
+        v = self.fake_score(x_t, t, batch.cond)
+        if cfg.fake_score.loss == "epsilon":
+            loss = losses.epsilon_loss(flow.noise_from_velocity(x_t, t, v), eps)
+        else:
+            loss = losses.fake_score_loss(v, eps, x0_g)
+        self.opt_f.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = self._clip(self.fake_score.parameters())
+        self.opt_f.step()
+        self.opt_f.zero_grad(set_to_none=True)
+        return {"loss_fake": float(loss.detach()), "grad_norm_f": norm}
+
+    def _discriminator_update(self, batch: Batch, x0_g: Tensor, sigma_i: Tensor, g: torch.Generator) -> dict[str, float]:
+        cfg = self.cfg
+        wgt = losses.omega(sigma_i, cfg.gan.omega)
+        if float(wgt.abs().max()) == 0:
+            return {"loss_disc": 0.0}
+        if cfg.gan.kind == "vfm":
+            with torch.no_grad():
+                fake_pixels = self.codec.decode(x0_g)
+            real_logits = self._disc_logits(batch.pixels, batch, None, g)
+            fake_logits = self._disc_logits(fake_pixels, batch, None, g)
+            loss = losses.hinge_d_loss(real_logits, fake_logits, wgt)
+        else:
+            b = x0_g.shape[0]
+            t = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), g).to(self.device)
+            real_t = flow.interpolate(batch.latents, self._randn(x0_g.shape, g), t)
+            fake_t = flow.interpolate(x0_g, self._randn(x0_g.shape, g), t)
+            real_logits = self._disc_logits(real_t, batch, t, g)
+            fake_logits = self._disc_logits(fake_t, batch, t, g)
+            loss = losses.logistic_d_loss(real_logits, fake_logits, wgt)
+        loss = cfg.gan.disc_weight * loss
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = self._clip(self.discriminator.trainable_parameters())
+        self.opt_d.step()
+        self.opt_d.zero_grad(set_to_none=True)
+        self.fake_score.zero_grad(set_to_none=True)  # DMD2 head: the body is trained by its own loss only
+        return {"loss_disc": float(loss.detach()), "grad_norm_d": norm,
+                "d_real": float(real_logits.mean()), "d_fake": float(fake_logits.mean())}
+
+    # ------------------------------------------------------------------ inference
+    @torch.no_grad()
+    def sample(self, cond: Conditioning, noise: Tensor, sampler: str = "stochastic",
+               generator: torch.Generator | None = None) -> Tensor:
+        was = self.generator.training
+        self.generator.eval()
+        try:
+            return self.few_step.sample(self.generator, cond, noise, sampler, generator)
+        finally:
+            self.generator.train(was)
+
+    # ------------------------------------------------------------------ state
+    def trainable_state(self) -> dict[str, dict[str, Tensor]]:
+        state = {"generator": self.generator.state_dict(), "fake_score": self.fake_score.state_dict()}
+        if self.discriminator is not None:
+            state["discriminator"] = {k: v for k, v in self.discriminator.state_dict().items()
+                                      if not k.startswith("backbone.")}
+        return state
+
+    def optimizer_state(self) -> dict[str, dict]:
+        s = {"opt_g": self.opt_g.state_dict(), "opt_f": self.opt_f.state_dict()}
+        if self.opt_d is not None:
+            s["opt_d"] = self.opt_d.state_dict()
+        return s
+
+    def load_trainable_state(self, state: dict[str, dict[str, Tensor]]) -> None:
+        self.generator.load_state_dict(state["generator"])
+        self.fake_score.load_state_dict(state["fake_score"])
+        if self.discriminator is not None and "discriminator" in state:
+            missing, unexpected = self.discriminator.load_state_dict(state["discriminator"], strict=False)
+            if unexpected or any(not k.startswith("backbone.") for k in missing):
+                raise ValueError(f"discriminator checkpoint does not match: missing {missing[:3]}, unexpected {unexpected[:3]}")
+
+    def load_optimizer_state(self, state: dict[str, dict]) -> None:
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_f.load_state_dict(state["opt_f"])
+        if self.opt_d is not None and "opt_d" in state:
+            self.opt_d.load_state_dict(state["opt_d"])
+
+
+def finite(metrics: dict[str, float]) -> bool:
+    return all(math.isfinite(v) for v in metrics.values())

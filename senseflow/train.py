@@ -1,0 +1,270 @@
+"""The training loop around a `Distiller`: devices, checkpoints with exact resume, divergence
+detection, metrics, sample grids and a progress bar.
+
+Reads top to bottom: `train(cfg, run_dir, components)`.
+Run folder (see evals.store): config.yaml, status.json, metrics.jsonl, checkpoints/iter_XXXXXXX/,
+samples/iter_XXXXXXX.png.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Protocol
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from senseflow import config as config_mod
+from senseflow.config import RunConfig
+from senseflow.distill import Batch, Distiller, finite, step_generator
+from senseflow.models.base import ModelBundle
+
+CHECKPOINT_PREFIX = "iter_"
+
+
+class DataSource(Protocol):
+    def batch(self, iteration: int, batch_size: int, generator: torch.Generator) -> Batch: ...
+
+
+@dataclass
+class Components:
+    """What a run needs besides its config, built by senseflow.components for a world or family."""
+
+    bundle: ModelBundle
+    data: DataSource
+    make_discriminator: Callable | None = None
+    render: Callable[[torch.Tensor], np.ndarray] | None = None   # latents -> uint8 (B, H, W, C)
+    sample_prompts: list[str] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainResult:
+    state: str                       # completed | diverged | stopped
+    iteration: int                   # iterations done
+    run_dir: Path
+    distiller: Distiller
+    reason: str = ""
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------- files
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str))
+    os.replace(tmp, path)
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    d = run_dir / "checkpoints"
+    if not d.is_dir():
+        return []
+    return sorted(p for p in d.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
+                  and (p / "trainer.json").is_file())
+
+
+def save_checkpoint(run_dir: Path, distiller: Distiller, iteration: int, keep: int, extra: dict | None = None) -> Path:
+    """Atomic: written into a temp folder, then renamed; older ones beyond `keep` are removed."""
+    final = run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{iteration:07d}"
+    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    for name, sd in distiller.trainable_state().items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
+    torch.save(distiller.optimizer_state(), tmp / "optimizers.pt")
+    (tmp / "trainer.json").write_text(json.dumps({"iteration": iteration, **(extra or {})}))
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    for old in checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def load_checkpoint(path: Path, distiller: Distiller) -> int:
+    state = {}
+    for name in ("generator", "fake_score", "discriminator"):
+        f = path / f"{name}.safetensors"
+        if f.is_file():
+            state[name] = load_file(str(f), device=str(distiller.device))
+    distiller.load_trainable_state(state)
+    distiller.load_optimizer_state(torch.load(path / "optimizers.pt", map_location=distiller.device, weights_only=True))
+    return int(json.loads((path / "trainer.json").read_text())["iteration"])
+
+
+def load_generator_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The student's weights from a checkpoint folder (safetensors, no pickle)."""
+    return load_file(str(Path(path) / "generator.safetensors"))
+
+
+def code_version() -> str:
+    import subprocess
+
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty"], capture_output=True,
+                             text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except Exception:
+        return "unknown"
+
+
+def write_status(run_dir: Path, cfg: RunConfig, run_id: str, **fields) -> None:
+    path = run_dir / "status.json"
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    current.update({"run_id": run_id, "grid": cfg.output.grid, "variant": cfg.name, "seed": cfg.train.seed,
+                    "method": cfg.method, "code_version": code_version(), "host": os.uname().nodename}, **fields)
+    _write_json(path, current)
+
+
+# ----------------------------------------------------------------------------- samples
+def sample_grid(distiller: Distiller, components: Components, cfg: RunConfig, n_per_prompt: int = 8) -> np.ndarray | None:
+    """uint8 image (H, W, C): one row per sample prompt, fixed seeds, the configured sampler."""
+    if components.render is None or not components.sample_prompts:
+        return None
+    prompts = [p for p in components.sample_prompts for _ in range(n_per_prompt)]
+    cond = components.bundle.text_encoder.encode(prompts).to(distiller.device)
+    g = torch.Generator().manual_seed(cfg.eval.seed)
+    noise = torch.randn((len(prompts), *components.bundle.latent_shape), generator=g).to(distiller.device)
+    x0 = distiller.sample(cond, noise, cfg.generator.sampler, generator=g)
+    imgs = components.render(x0)  # (N, H, W, C)
+    n, h, w, c = imgs.shape
+    rows = len(components.sample_prompts)
+    return imgs.reshape(rows, n_per_prompt, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, n_per_prompt * w, c)
+
+
+def save_png(img: np.ndarray, path: Path) -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arr = img[..., 0] if img.shape[-1] == 1 else img
+    scale = max(1, 256 // max(arr.shape[:2]))
+    im = Image.fromarray(arr)
+    if scale > 1:
+        im = im.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    im.save(tmp)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- the loop
+def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id: str = "",
+          progress: bool = True, stop_after: int | None = None, device: str | None = None) -> TrainResult:
+    """Train (or resume) the run in `run_dir` up to cfg.train.iterations.
+
+    stop_after: stop after this many iterations in this call (for tests of resume and for preemption).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_id = run_id or run_dir.name
+    saved = run_dir / "config.yaml"
+    if saved.is_file():
+        previous = config_mod.build(config_mod.load_yaml(saved))
+        if previous.identity_hash() != cfg.identity_hash():
+            raise config_mod.ConfigError(f"{saved} holds a different config than this run's; use a new run folder "
+                                         "or delete the old one")
+    config_mod.save(cfg, saved)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+
+    from accelerate import Accelerator
+
+    use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    accelerator = Accelerator(cpu=not use_cuda, mixed_precision=cfg.train.mixed_precision if use_cuda else "no")
+    bundle = components.bundle
+    distiller = Distiller(cfg, bundle.teacher, bundle.text_encoder, bundle.codec, bundle.sigma_table,
+                          make_discriminator=components.make_discriminator, rank=accelerator.process_index)
+    distiller.to(accelerator.device)
+    if use_cuda and cfg.train.gradient_checkpointing:
+        distiller.generator.enable_gradient_checkpointing()
+        distiller.fake_score.enable_gradient_checkpointing()
+
+    start = 0
+    ckpts = checkpoints(run_dir)
+    if ckpts:
+        start = load_checkpoint(ckpts[-1], distiller)
+    write_status(run_dir, cfg, run_id, state="running", iteration=start, started=time.time(), reason="",
+                 resumed_from=start or None, device=str(accelerator.device))
+
+    metrics_path = run_dir / "metrics.jsonl"
+    if start == 0 and metrics_path.exists():
+        metrics_path.unlink()
+    elif metrics_path.exists():  # drop lines logged after the checkpoint we resume from
+        keep = [ln for ln in metrics_path.read_text().splitlines()
+                if ln.strip() and json.loads(ln).get("iteration", 0) < start]
+        metrics_path.write_text("".join(k + "\n" for k in keep))
+
+    end = cfg.train.iterations if stop_after is None else min(cfg.train.iterations, start + stop_after)
+    bad, state, reason = 0, "completed", ""
+    t0 = time.time()
+    window: dict[str, list[float]] = {}
+    from tqdm.auto import tqdm
+
+    bar = tqdm(range(start, end), initial=start, total=cfg.train.iterations, disable=not progress,
+               desc=f"{cfg.name} seed {cfg.train.seed}", dynamic_ncols=True, leave=False)
+    it = start
+    with open(metrics_path, "a") as mlog:
+        for it in bar:
+            batch = components.data.batch(it, cfg.train.batch_size, step_generator(cfg.train.seed, it, stream=2,
+                                                                                   rank=accelerator.process_index))
+            batch = Batch(batch.latents.to(accelerator.device), batch.pixels.to(accelerator.device),
+                          batch.cond.to(accelerator.device), batch.prompts)
+            with accelerator.autocast():
+                m = distiller.step(it, batch)
+            norms = [m.get(k, 0.0) for k in ("grad_norm_g", "grad_norm_f", "grad_norm_d")]
+            if not finite(m) or max(norms) > cfg.train.divergence_grad_norm:
+                bad += 1
+                if bad >= cfg.train.divergence_patience:
+                    state = "diverged"
+                    reason = (f"iteration {it}: non-finite loss or gradient norm above "
+                              f"{cfg.train.divergence_grad_norm:g} for {bad} iterations ({_short(m)})")
+                    break
+            else:
+                bad = 0
+            for k, v in m.items():
+                window.setdefault(k, []).append(v)
+            if (it + 1) % cfg.train.log_every == 0 or it + 1 == end:
+                row = {"iteration": it + 1, "time": round(time.time() - t0, 3)}
+                row.update({k: float(np.mean([x for x in v if math.isfinite(x)] or [float("nan")]))
+                            for k, v in window.items()})
+                mlog.write(json.dumps(row) + "\n")
+                mlog.flush()
+                bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss_dmd", "loss_fake", "loss_isg", "loss_disc") if k in row})
+                window.clear()
+            done = it + 1
+            if done % cfg.train.checkpoint_every == 0 and done < cfg.train.iterations:
+                save_checkpoint(run_dir, distiller, done, cfg.train.keep_checkpoints)
+                write_status(run_dir, cfg, run_id, state="running", iteration=done)
+            if cfg.train.sample_every and done % cfg.train.sample_every == 0:
+                grid = sample_grid(distiller, components, cfg)
+                if grid is not None:
+                    save_png(grid, run_dir / "samples" / f"iter_{done:07d}.png")
+        else:
+            it = end - 1
+    bar.close()
+    elapsed = time.time() - t0
+    done = it + 1 if state != "diverged" else it
+    if state == "diverged":
+        write_status(run_dir, cfg, run_id, state="diverged", reason=reason, iteration=done, finished=time.time())
+        return TrainResult("diverged", done, run_dir, distiller, reason, elapsed)
+    if done < cfg.train.iterations:
+        save_checkpoint(run_dir, distiller, done, cfg.train.keep_checkpoints)
+        write_status(run_dir, cfg, run_id, state="stopped", iteration=done)
+        return TrainResult("stopped", done, run_dir, distiller, "", elapsed)
+    save_checkpoint(run_dir, distiller, done, cfg.train.keep_checkpoints, {"final": True})
+    grid = sample_grid(distiller, components, cfg)
+    if grid is not None:
+        save_png(grid, run_dir / "samples" / "final.png")
+    write_status(run_dir, cfg, run_id, state="trained", iteration=done, train_seconds=round(elapsed, 2))
+    return TrainResult("completed", done, run_dir, distiller, "", elapsed)
+
+
+def _short(m: dict[str, float]) -> str:
+    return ", ".join(f"{k}={v:.3g}" for k, v in m.items() if k.startswith(("loss", "grad")))
