@@ -1,0 +1,3 @@
+from senseflow.cli import _entry
+
+_entry()
