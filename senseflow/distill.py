@@ -72,14 +72,16 @@ class Distiller(nn.Module):
     """G, F, teacher, D and the optimizers of one distillation run, and one iteration of it."""
 
     def __init__(self, cfg: RunConfig, teacher: Denoiser, text_encoder: TextEncoder, codec: LatentCodec,
-                 sigma_table: Tensor, make_discriminator=None, rank: int = 0):
-        """make_discriminator(fake_score) -> nn.Module with trainable_parameters(), or None (no GAN)."""
+                 sigma_table: Tensor, make_discriminator=None, rank: int = 0, student_init: Denoiser | None = None):
+        """make_discriminator(fake_score) -> nn.Module with trainable_parameters(), or None (no GAN).
+        student_init: the network G and F start from (default: copies of the teacher, as the paper)."""
         super().__init__()
         self.cfg = cfg
         self.rank = rank
         self.teacher = teacher.requires_grad_(False).eval()
-        self.generator = teacher.student_copy().train()
-        self.fake_score = teacher.student_copy().train()
+        source = student_init if student_init is not None else teacher
+        self.generator = source.student_copy().train()
+        self.fake_score = source.student_copy().train()
         self.text_encoder = text_encoder
         self.codec = codec
         self.register_buffer("sigma_table", sigma_table.float(), persistent=False)

@@ -1,0 +1,149 @@
+"""`senseflow train | sample | export | eval`: one run and its checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from senseflow import config as config_mod
+from senseflow.errors import UserError
+
+app = typer.Typer()
+
+
+@app.command()
+def train(source: str = typer.Argument(..., help="preset name or YAML config"),
+          overrides: list[str] = typer.Argument(None, help="dotted overrides, e.g. isg.weight=0.5"),
+          run_dir: Path = typer.Option(None, help="run folder (default results/runs/<grid>/<run id>)"),
+          stop_after: int = typer.Option(None, help="stop after this many iterations (resume later)"),
+          evaluate: bool = typer.Option(True, help="evaluate the student when training ends"),
+          progress: bool = typer.Option(True)):
+    """Train (or resume) one run, then evaluate and record it."""
+    from senseflow.run import execute, run_dir_for
+
+    cfg = config_mod.resolve(source, overrides or [])
+    folder = run_dir or run_dir_for(cfg)
+    typer.echo(f"run folder: {folder}")
+    status = execute(cfg, folder, progress=progress, stop_after=stop_after, evaluate=evaluate)
+    typer.echo(f"state: {status.get('state')}  iteration: {status.get('iteration')}"
+               + (f"  reason: {status['reason']}" if status.get("reason") else ""))
+    _print_eval(folder)
+
+
+def _print_eval(folder: Path) -> None:
+    import json
+
+    p = Path(folder) / "eval.json"
+    if p.is_file():
+        ev = json.loads(p.read_text())["evaluations"][-1]
+        for k, v in ev["metrics"].items():
+            lo_hi = ev.get("intervals", {}).get(k)
+            typer.echo(f"  {k}: {v:.4g}" + (f"  [{lo_hi[0]:.4g}, {lo_hi[1]:.4g}]" if lo_hi else ""))
+
+
+def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
+    """(run_dir, checkpoint_dir) from a run folder (its latest checkpoint) or a checkpoint folder."""
+    from senseflow.train import checkpoints
+
+    path = Path(path)
+    if (path / "generator.safetensors").is_file():
+        return path.parent.parent, path
+    if (path / "config.yaml").is_file():
+        ck = checkpoints(path)
+        if not ck:
+            raise UserError(f"{path} has no checkpoints yet; train it first (senseflow train ...)")
+        return path, ck[-1]
+    raise UserError(f"{path} is neither a run folder (with config.yaml) nor a checkpoint folder "
+                    "(with generator.safetensors)")
+
+
+def load_student(path: Path):
+    """(cfg, components, generator Denoiser, FewStepGenerator) from a run or checkpoint folder."""
+    from senseflow.components import build_components
+    from senseflow.generator import FewStepGenerator
+    from senseflow.train import load_generator_weights
+
+    run_dir, ckpt = resolve_checkpoint(path)
+    cfg = config_mod.build(config_mod.load_yaml(run_dir / "config.yaml"))
+    components = build_components(cfg, progress=False)
+    student = components.bundle.teacher.student_copy().eval()
+    student.load_state_dict(load_generator_weights(ckpt))
+    return cfg, components, student, FewStepGenerator(cfg.generator.anchor_indices, components.bundle.sigma_table)
+
+
+@app.command()
+def sample(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint folder"),
+           prompt: list[str] = typer.Option(..., "--prompt", "-p", help="prompt (repeatable)"),
+           n: int = typer.Option(4, help="images per prompt"),
+           steps: int = typer.Option(None, help="number of steps (default: the trained anchors)"),
+           sampler: str = typer.Option(None, help="euler | stochastic (default: the run's)"),
+           seed: int = typer.Option(0),
+           out: Path = typer.Option(Path("samples.png"), help="PNG grid to write")):
+    """Sample the student: one row per prompt."""
+    import torch
+
+    from senseflow.generator import FewStepGenerator
+    from senseflow.train import save_png
+
+    cfg, components, student, few = load_student(checkpoint)
+    if steps is not None and steps != few.num_steps:
+        if steps < 1:
+            raise UserError(f"--steps={steps} must be at least 1")
+        last = cfg.generator.anchor_indices[-1]
+        idx = torch.linspace(999, last, steps).round().long().tolist() if steps > 1 else [999]
+        few = FewStepGenerator(idx, components.bundle.sigma_table)
+    sampler = sampler or cfg.generator.sampler
+    if sampler not in ("euler", "stochastic"):
+        raise UserError(f"--sampler={sampler!r} must be 'euler' or 'stochastic'")
+    prompts = [p for p in prompt for _ in range(n)]
+    g = torch.Generator().manual_seed(seed)
+    cond = components.bundle.text_encoder.encode(prompts)
+    noise = torch.randn((len(prompts), *components.bundle.latent_shape), generator=g)
+    x0 = few.sample(student, cond, noise, sampler, generator=g)
+    imgs = components.render(x0)
+    rows, (h, w, c) = len(prompt), imgs.shape[1:]
+    grid = imgs.reshape(rows, n, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, n * w, c)
+    save_png(grid, out)
+    typer.echo(f"wrote {out} ({rows} prompts x {n} samples, {few.num_steps} {sampler} steps)")
+
+
+@app.command()
+def export(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint folder"),
+           out_dir: Path = typer.Argument(..., help="folder to write the student in diffusers layout")):
+    """Save the student backbone in diffusers layout (transformer/ or unet/), loadable by from_pretrained."""
+    from senseflow.export import export_student
+
+    cfg, components, student, _ = load_student(checkpoint)
+    path = export_student(student, out_dir, cfg)
+    typer.echo(f"wrote {path}")
+
+
+@app.command("eval")
+def eval_cmd(run: Path = typer.Argument(..., help="run folder or checkpoint folder"),
+             metrics: list[str] = typer.Option(None, "--metric", "-m", help="metric names (default: the run's)"),
+             num_samples: int = typer.Option(None, help="samples per evaluation"),
+             label: str = typer.Option("manual", help="label stored with the evaluation"),
+             progress: bool = typer.Option(True)):
+    """Evaluate a checkpoint and record it in the run's eval.json."""
+    from senseflow.distill import Distiller
+    from senseflow.evaluate import evaluate_run
+    from senseflow.train import load_checkpoint
+
+    run_dir, ckpt = resolve_checkpoint(run)
+    cfg = config_mod.build(config_mod.load_yaml(run_dir / "config.yaml"))
+    over = []
+    if metrics:
+        over.append(f"eval.metrics=[{','.join(metrics)}]")
+    if num_samples:
+        over.append(f"eval.num_samples={num_samples}")
+    cfg = config_mod.build(config_mod.apply_overrides(cfg.to_dict(), over))
+    from senseflow.components import build_components
+
+    components = build_components(cfg, progress=progress)
+    b = components.bundle
+    distiller = Distiller(cfg, b.teacher, b.text_encoder, b.codec, b.sigma_table,
+                          make_discriminator=components.make_discriminator)
+    iteration = load_checkpoint(ckpt, distiller)
+    evaluate_run(cfg, run_dir, distiller, components, progress=progress, label=label, iteration=iteration)
+    _print_eval(run_dir)

@@ -1,0 +1,87 @@
+"""Build what a run needs from its config: the model bundle, the data, the discriminator and the renderer.
+
+- `model.family: digits` -> the embedded digits world (senseflow.worlds.digits), built or loaded from cache;
+- `model.tiny: true` -> random-init tiny versions of the SD3 / FLUX / SDXL architectures with synthetic data
+  (smoke runs and tests);
+- otherwise -> the real teacher from a hub id or local diffusers directory, real (image, caption) data
+  from `data.path`, and the DINOv2 discriminator backbone from `gan.backbone`.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from senseflow.config import RunConfig
+from senseflow.train import Components
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """(B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C)."""
+    x = ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+def make_discriminator_factory(cfg: RunConfig, backbone, text_dim: int, image_size: int):
+    """A factory fake_score -> discriminator for cfg.gan.kind (None when the GAN is off)."""
+    gan = cfg.gan
+    if gan.kind == "none":
+        return None
+    if gan.kind == "dmd2":
+        from senseflow.discriminators import DMD2Discriminator
+
+        return lambda fake_score: DMD2Discriminator(fake_score)
+    from senseflow.discriminators import VFMDiscriminator
+
+    def make(_fake_score):
+        return VFMDiscriminator(backbone, text_dim=text_dim, layers=gan.layers, head_channels=gan.head_channels,
+                                virtual_batch=gan.virtual_batch, diffaug=gan.diffaug, reference=gan.reference,
+                                image_size=image_size,
+                                checkpoint_backbone=cfg.train.gradient_checkpointing and torch.cuda.is_available())
+    return make
+
+
+def build_components(cfg: RunConfig, progress: bool = True) -> Components:
+    family = cfg.model.family
+    if family == "digits":
+        from senseflow.worlds.digits.components import digits_components
+
+        return digits_components(cfg, progress=progress)
+    if cfg.model.tiny:
+        return _tiny_components(cfg)
+    return _real_components(cfg)
+
+
+def _tiny_components(cfg: RunConfig) -> Components:
+    from senseflow.data import SyntheticData
+    from senseflow.discriminators import tiny_dinov2
+    from senseflow.models.tiny import tiny_bundle
+
+    res = cfg.model.resolution if cfg.model.resolution <= 64 else 32
+    bundle = tiny_bundle(cfg.model.family, resolution=res, seed=0)
+    with torch.no_grad():
+        text_dim = bundle.text_encoder.encode(["x"]).pooled.shape[-1]
+    backbone = tiny_dinov2(seed=0, hidden_size=32, layers=4, patch_size=4, image_size=res)
+    data = SyntheticData(res, bundle.codec, bundle.text_encoder, channels=bundle.image_channels)
+    return Components(bundle=bundle, data=data,
+                      make_discriminator=make_discriminator_factory(cfg, backbone, text_dim, res),
+                      render=lambda x: to_uint8(bundle.codec.decode(x)),
+                      sample_prompts=SyntheticData.PROMPTS[:2])
+
+
+def _real_components(cfg: RunConfig) -> Components:
+    from senseflow.data import ImageTextData
+    from senseflow.models.loading import load_bundle
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    bundle = load_bundle(cfg.model.family, cfg.model.teacher, resolution=cfg.model.resolution,
+                         dtype=_DTYPES[cfg.model.dtype], device=device, with_t5=cfg.model.with_t5)
+    with torch.no_grad():
+        text_dim = bundle.text_encoder.encode(["x"]).pooled.shape[-1]
+    data = ImageTextData(cfg.data.path, cfg.model.resolution, bundle.codec, bundle.text_encoder)
+    return Components(bundle=bundle, data=data,
+                      make_discriminator=make_discriminator_factory(cfg, cfg.gan.backbone, text_dim, cfg.model.resolution),
+                      render=lambda x: to_uint8(bundle.codec.decode(x.to(_DTYPES[cfg.model.dtype]))),
+                      sample_prompts=[p for _, p in data.pairs[:4]])

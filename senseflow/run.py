@@ -1,0 +1,66 @@
+"""One run, end to end: world/model -> distill -> evaluate -> record (ARCHITECTURE.md, "The path of one experiment").
+
+`execute(cfg, run_dir)` is what every executor (in-process, local subprocess, SLURM job) calls. It is
+idempotent: a finished run returns its recorded result at once; an interrupted one resumes from its
+last checkpoint; a failure is recorded in status.json with its reason and re-raised.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+from senseflow.config import RunConfig
+
+
+def run_id_for(cfg: RunConfig) -> str:
+    """A run's identity: the hash of its resolved config (seed included, output location excluded)."""
+    return cfg.identity_hash()
+
+
+def run_dir_for(cfg: RunConfig) -> Path:
+    return Path(cfg.output.root) / cfg.output.grid / run_id_for(cfg)
+
+
+def read_status(run_dir: Path) -> dict[str, Any]:
+    p = Path(run_dir) / "status.json"
+    try:
+        return json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+
+
+def execute(cfg: RunConfig, run_dir: str | Path | None = None, *, progress: bool = True,
+            stop_after: int | None = None, evaluate: bool = True) -> dict[str, Any]:
+    """Train (or resume) and evaluate one run; returns its final status dict."""
+    from senseflow.components import build_components
+    from senseflow.train import train, write_status
+
+    run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg)
+    run_id = run_dir.name
+    status = read_status(run_dir)
+    if status.get("state") == "completed":
+        return status
+    try:
+        components = build_components(cfg, progress=progress)
+        result = train(cfg, run_dir, components, run_id=run_id, progress=progress, stop_after=stop_after)
+        if result.state != "completed" or not evaluate:
+            return read_status(run_dir)
+        write_status(run_dir, cfg, run_id, state="evaluating")
+        t0 = time.time()
+        from senseflow.evaluate import evaluate_run
+
+        evaluate_run(cfg, run_dir, result.distiller, components, progress=progress)
+        write_status(run_dir, cfg, run_id, state="completed", finished=time.time(), eval_seconds=round(time.time() - t0, 2))
+    except KeyboardInterrupt:
+        write_status(run_dir, cfg, run_id, state="stopped", reason="interrupted")
+        raise
+    except Exception as e:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "error.txt").write_text(traceback.format_exc())
+        write_status(run_dir, cfg, run_id, state="failed", reason=f"{type(e).__name__}: {e}"[:500], finished=time.time())
+        raise
+    return read_status(run_dir)
