@@ -85,20 +85,37 @@ def _model_class(family: str, name: str):
 
 
 # ----------------------------------------------------------------------------- messages
-def _how_to_get(model_id: str) -> str:
-    return (f"Get it on a machine with internet access: `hf download {model_id}` (older huggingface_hub: "
-            f"`huggingface-cli download {model_id}`; gated models such as SD3.5 and FLUX.1-dev need an accepted "
-            f"licence and `hf auth login` first), then either copy that Hugging Face cache here and point HF_HOME "
-            f"at it, or download into a folder with `--local-dir <dir>` and pass that folder as the source.")
+_FAMILY_NAMES = {"sd3": "SD3/SD3.5", "flux": "FLUX.1", "sdxl": "SDXL"}
 
 
 def _layout(names: list[str]) -> str:
     return ", ".join(n + "/" for n in names)
 
 
-def _not_available(family: str, model: str, component: str, problem: str, hub_id: str) -> ModelNotAvailableError:
+def _not_available(family: str, model: str, what: str, problem: str, *, local: bool,
+                   with_t5: bool = True) -> ModelNotAvailableError:
+    """The one error of this module: what is missing, from which model, and the two ways to fix it."""
+    if local:
+        fix = (f"To fix: on a machine with internet access run `hf download <model id> --local-dir <dir>` (e.g. "
+               f"{DEFAULT_MODEL_IDS[family]}; older huggingface_hub: `huggingface-cli download`), copy <dir> to "
+               f"{model!r} and load it again; or pass a hub id that is in this machine's Hugging Face cache.")
+    else:
+        fix = (f"To fix: on a machine with internet access run `hf download {model}` (older huggingface_hub: "
+               f"`huggingface-cli download {model}`; gated models such as SD3.5 and FLUX.1-dev need an accepted "
+               f"licence and `hf auth login` first), then copy that Hugging Face cache here and set HF_HOME to it; "
+               f"or download it with `--local-dir <dir>` and pass <dir> as the source.")
     return ModelNotAvailableError(
-        f"{family} model {model!r}: {component} is not available ({problem}). {_how_to_get(hub_id)}")
+        f"{_FAMILY_NAMES[family]} model {model!r}: {what} not available ({problem}). {fix} "
+        f"Expected diffusers layout: {_layout(_component_names(family, with_t5))}.")
+
+
+def _hub_cache() -> str:
+    try:
+        from huggingface_hub import constants
+
+        return str(constants.HF_HUB_CACHE)
+    except Exception:  # pragma: no cover - exotic huggingface_hub versions
+        return "(unknown location)"
 
 
 # ----------------------------------------------------------------------------- resolving the source
@@ -117,12 +134,11 @@ def resolve_source(family: str, source: str | os.PathLike, *, with_t5: bool = Tr
     names = _component_names(family, with_t5)
     text = os.fspath(source)
     path = Path(text).expanduser()
-    is_local = path.exists() or _looks_like_path(text)
-    hub_id = DEFAULT_MODEL_IDS[family] if is_local else text
-    if is_local:
+    local = path.exists() or _looks_like_path(text)
+    if local:
         if not path.is_dir():
-            raise _not_available(family, text, "the model directory", f"no directory {str(path)!r}; expected a "
-                                 f"diffusers layout with {_layout(names)}", hub_id)
+            raise _not_available(family, text, "the model directory is", f"{str(path)!r} does not exist",
+                                 local=True, with_t5=with_t5)
         root = path
     else:
         try:
@@ -130,14 +146,13 @@ def resolve_source(family: str, source: str | os.PathLike, *, with_t5: bool = Tr
 
             root = Path(snapshot_download(repo_id=text, revision=revision, local_files_only=not allow_download))
         except Exception as err:  # not cached, offline, invalid id, gated: all the same to the caller
-            where = os.environ.get("HF_HOME") or "the default Hugging Face cache (~/.cache/huggingface)"
-            raise _not_available(family, text, "the whole model",
-                                 f"not found in {where}{'' if allow_download else ' and downloads are off'}: "
-                                 f"{type(err).__name__}", hub_id) from err
+            how = "downloads are off" if not allow_download else f"the download failed: {err}"
+            raise _not_available(family, text, "the model is", f"not in the Hugging Face cache {_hub_cache()} and "
+                                 f"{how}; {type(err).__name__}", local=False, with_t5=with_t5) from err
     missing = [n for n in names if not (root / n).is_dir()]
     if missing:
-        raise _not_available(family, text, "component " + ", ".join(f"'{n}'" for n in missing),
-                             f"{str(root)!r} lacks {_layout(missing)}; a {family} model needs {_layout(names)}", hub_id)
+        what = (f"components {_layout(missing)} are" if len(missing) > 1 else f"component {missing[0]}/ is")
+        raise _not_available(family, text, what, f"missing from {str(root)!r}", local=local, with_t5=with_t5)
     return root
 
 
@@ -147,18 +162,21 @@ def _ordinary_vocab_size(tokenizer) -> int:
     return sum(1 for t in tokenizer.get_vocab() if t not in special and not re.fullmatch(r"<extra_id_\d+>", t))
 
 
-def _load_tokenizer(family: str, model: str, name: str, folder: Path, hub_id: str):
+def _load_tokenizer(family: str, model: str, name: str, folder: Path, *, local: bool):
+    """A tokenizer from a resolved local folder (never a hub id: see the module doc), checked to be non-empty."""
     from transformers import AutoTokenizer
 
+    if not folder.is_dir():
+        raise _not_available(family, model, f"component {name}/ is", f"no folder {str(folder)!r}", local=local)
     try:
-        tok = AutoTokenizer.from_pretrained(str(folder))  # a local folder: never a hub id (see module doc)
+        tok = AutoTokenizer.from_pretrained(str(folder))
     except Exception as err:
-        raise _not_available(family, model, f"component '{name}'", f"cannot load a tokenizer from {str(folder)!r}: "
-                             f"{type(err).__name__}: {err}", hub_id) from err
+        raise _not_available(family, model, f"component {name}/ is", f"cannot load a tokenizer from {str(folder)!r}: "
+                             f"{type(err).__name__}: {err}", local=local) from err
     n = _ordinary_vocab_size(tok)
     if n < _MIN_VOCAB:
-        raise _not_available(family, model, f"component '{name}'", f"the tokenizer in {str(folder)!r} is empty "
-                             f"({n} ordinary tokens); its vocabulary files are missing", hub_id)
+        raise _not_available(family, model, f"component {name}/ is", f"the tokenizer in {str(folder)!r} is empty "
+                             f"({n} ordinary tokens; its vocabulary files are missing or unreadable)", local=local)
     return tok
 
 
@@ -173,12 +191,12 @@ def load_components(family: str, root: Path, *, dtype: torch.dtype = torch.float
     Returns {component name: object} plus "scheduler_config" and "model_index" (dicts, maybe empty).
     """
     model = model or str(root)
-    hub_id = DEFAULT_MODEL_IDS[family] if Path(model).expanduser().exists() else model
+    local = Path(model).expanduser().exists()
     comps: dict = {}
     for name in _component_names(family, with_t5):
         folder = root / name
         if name.startswith("tokenizer"):
-            comps[name] = _load_tokenizer(family, model, name, folder, hub_id)
+            comps[name] = _load_tokenizer(family, model, name, folder, local=local)
             continue
         cls = _model_class(family, name)
         try:
@@ -187,8 +205,9 @@ def load_components(family: str, root: Path, *, dtype: torch.dtype = torch.float
             else:
                 obj = cls.from_pretrained(str(folder), dtype=dtype)
         except Exception as err:
-            raise _not_available(family, model, f"component '{name}'", f"cannot load {cls.__name__} from "
-                                 f"{str(folder)!r}: {type(err).__name__}: {err}", hub_id) from err
+            raise _not_available(family, model, f"component {name}/ is", f"cannot load {cls.__name__} from "
+                                 f"{str(folder)!r}: {type(err).__name__}: {err}", local=local,
+                                 with_t5=with_t5) from err
         comps[name] = obj.to(device).eval().requires_grad_(False)
     comps["scheduler_config"] = _read_json(root / "scheduler" / "scheduler_config.json")
     comps["model_index"] = _read_json(root / "model_index.json")
@@ -202,6 +221,26 @@ def _latent_hw(resolution: int | tuple[int, int], factor: int) -> tuple[int, int
     return h // factor, w // factor
 
 
+def sigma_table_for(family: str, scheduler_config: dict | None = None) -> torch.Tensor:
+    """The family's 1000-entry training table t -> sigma (index 0 least noisy), for ModelBundle.sigma_table.
+
+    SD3/SD3.5: FlowMatchEuler's table shifted by the scheduler's `shift` (3.0); FLUX: unshifted (its shift
+    depends on resolution and is applied by samplers, flow.flux_shift); SDXL: sigma of the DDPM
+    alphas_cumprod (scaled-linear betas 0.00085..0.012), so table[[999, 749, 499, 249]] are the anchors.
+    """
+    cfg = scheduler_config or {}
+    n_train = int(cfg.get("num_train_timesteps", 1000))
+    if family == "sd3":
+        return flow.sigma_table(n_train, float(cfg.get("shift", 3.0)))
+    if family == "flux":
+        return flow.sigma_table(n_train, 1.0)
+    if family == "sdxl":
+        alphas = ddpm_alphas_cumprod(n_train, float(cfg.get("beta_start", SDXL_BETA_START)),
+                                     float(cfg.get("beta_end", SDXL_BETA_END)), cfg.get("beta_schedule", SDXL_BETA_SCHEDULE))
+        return sigma_from_alphas_cumprod(alphas)
+    raise ValueError(f"family must be one of {FAMILIES}, got {family!r}")
+
+
 def bundle_from_components(family: str, comps: dict, *, resolution: int | tuple[int, int],
                            max_sequence_length: int | None = None) -> ModelBundle:
     """A ModelBundle around pipeline components (names as in the diffusers pipelines).
@@ -212,8 +251,7 @@ def bundle_from_components(family: str, comps: dict, *, resolution: int | tuple[
     codec = VAECodec(comps["vae"])
     lh, lw = _latent_hw(resolution, codec.downsample_factor)
     latent_shape = (codec.latent_channels, lh, lw)
-    sched = comps.get("scheduler_config") or {}
-    n_train = int(sched.get("num_train_timesteps", 1000))
+    table = sigma_table_for(family, comps.get("scheduler_config"))
     if family in ("sd3", "flux"):
         seq = max_sequence_length or DEFAULT_MAX_SEQUENCE_LENGTH[family]
         backbone = comps["transformer"]
@@ -225,20 +263,13 @@ def bundle_from_components(family: str, comps: dict, *, resolution: int | tuple[
             text = SD3TextEncoder(comps["text_encoder"], comps["tokenizer"], comps["text_encoder_2"], comps["tokenizer_2"],
                                   comps.get("text_encoder_3"), comps.get("tokenizer_3"), max_sequence_length=seq,
                                   joint_attention_dim=backbone.config.joint_attention_dim)
-            table = flow.sigma_table(n_train, float(sched.get("shift", 3.0)))
         else:
             if lh % 2 or lw % 2:
                 raise ValueError(f"FLUX needs even latent sizes, got {lh}x{lw}")
             teacher = FluxDenoiser(backbone)
             text = FluxTextEncoder(comps["text_encoder"], comps["tokenizer"], comps["text_encoder_2"], comps["tokenizer_2"],
                                    max_sequence_length=seq)
-            # FLUX's shift depends on resolution and is applied by samplers (flow.flux_shift), not the table.
-            table = flow.sigma_table(n_train, 1.0)
     elif family == "sdxl":
-        alphas = ddpm_alphas_cumprod(n_train, float(sched.get("beta_start", SDXL_BETA_START)),
-                                     float(sched.get("beta_end", SDXL_BETA_END)),
-                                     sched.get("beta_schedule", SDXL_BETA_SCHEDULE))
-        table = sigma_from_alphas_cumprod(alphas)
         teacher = SDXLDenoiser(comps["unet"], table)
         force_zeros = bool((comps.get("model_index") or {}).get("force_zeros_for_empty_prompt", True))
         text = SDXLTextEncoder(comps["text_encoder"], comps["tokenizer"], comps["text_encoder_2"], comps["tokenizer_2"],

@@ -5,10 +5,10 @@ c_t = sqrt(ab_t) + sqrt(1 - ab_t) gives exactly our rectified-flow point
 
     x_s = x_t / c_t = (1 - s) x0 + s eps,   s = sqrt(1 - ab_t) / (sqrt(ab_t) + sqrt(1 - ab_t)),
 
-and conversely c = sqrt((1 - s)^2 + s^2), sqrt(ab) = (1 - s) / c. So the adapter
+and conversely c = 1 / sqrt((1 - s)^2 + s^2), sqrt(ab) = (1 - s) c, sqrt(1 - ab) = s c. So the adapter
 
 * maps sigma to a (continuous) DDPM timestep t by linear interpolation in the 1000-entry table s(t),
-* feeds the UNet x_t = c(s) x_s and t,
+* feeds the UNet x_t = c(s) x_s and t (the DDPM latent is the larger one: c >= 1),
 * turns the predicted eps into the velocity: x0 = (x_s - s eps) / (1 - s) and v = eps - x0 = (eps - x_s) / (1 - s).
 
 The DDPM chain never reaches sigma = 1: with SDXL's betas s(999) ~ 0.936 (sigma_table[-1]). Sigmas above
@@ -63,15 +63,15 @@ def sdxl_sigma_table(num_train_timesteps: int = 1000, beta_start: float = SDXL_B
 
 
 def latent_scale(sigma: Tensor | float) -> Tensor:
-    """c(s) = sqrt((1 - s)^2 + s^2) = sqrt(ab) + sqrt(1 - ab): the DDPM latent is x_t = c * x_s."""
+    """c(s) = sqrt(ab) + sqrt(1 - ab) = 1 / sqrt((1 - s)^2 + s^2): the DDPM latent is x_t = c * x_s."""
     s = torch.as_tensor(sigma, dtype=torch.float32)
-    return ((1 - s) ** 2 + s ** 2).sqrt()
+    return ((1 - s) ** 2 + s ** 2).rsqrt()
 
 
 def alpha_bar_from_sigma(sigma: Tensor | float) -> Tensor:
-    """ab = ((1 - s) / c(s))^2, the inverse of `sigma_from_alphas_cumprod`."""
+    """ab = ((1 - s) c(s))^2, the inverse of `sigma_from_alphas_cumprod`."""
     s = torch.as_tensor(sigma, dtype=torch.float32)
-    return ((1 - s) / latent_scale(s)) ** 2
+    return ((1 - s) * latent_scale(s)) ** 2
 
 
 def sigma_to_t(sigma: Tensor, table: Tensor) -> Tensor:
