@@ -175,6 +175,10 @@ class EvalConfig(_Strict):
     prompts: str = Field("", description="prompt file ('' : the world's held-out prompts)")
     samplers: list[Literal["stochastic", "euler"]] = Field(default_factory=lambda: ["stochastic"])
     seed: int = 1234
+    weights: dict[str, str] = Field(default_factory=dict, description=(
+        "local weight files of the metric models: inception, clip_score, hps, pickscore, pickscore_processor, "
+        "image_reward (or SENSEFLOW_*_WEIGHTS / SENSEFLOW_WEIGHTS_DIR)"))
+    patch_size: int = Field(299, ge=8, description="crop size of patch FID-T (full-resolution crops)")
 
 
 class OutputConfig(_Strict):

@@ -22,7 +22,7 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, distiller, components, *, 
     run_dir = Path(run_dir)
     evaluator = components.extra.get("evaluate")
     if evaluator is None:
-        evaluator = _images_evaluator(cfg, components)
+        evaluator = _images_evaluator(cfg, components, run_dir)
     if iteration is None:
         from senseflow.train import checkpoints
 
@@ -43,7 +43,7 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, distiller, components, *, 
     return results
 
 
-def _images_evaluator(cfg: RunConfig, components):
+def _images_evaluator(cfg: RunConfig, components, run_dir: Path):
     """Generic evaluator for real and tiny families: generate PNGs, then the evals/ metric modules."""
     def evaluate(distiller, cfg: RunConfig, sampler: str, progress: bool):
         if not cfg.eval.metrics:
@@ -53,5 +53,5 @@ def _images_evaluator(cfg: RunConfig, components):
         if not cfg.eval.prompts and not components.sample_prompts:
             raise UserError("eval.prompts is empty: set eval.prompts to a prompt file (one prompt per line, "
                             "or a COCO captions .json)")
-        return evaluate_student(distiller, components, cfg, sampler, progress=progress)
+        return evaluate_student(distiller, components, cfg, sampler, progress=progress, out_root=run_dir)
     return evaluate

@@ -1,0 +1,154 @@
+"""Metrics of the digits world, in the feature space of the world's evaluation classifier.
+
+Every function takes images (N, 1, 8, 8) in [-1, 1] (clamped to it before the classifier) and the
+`DigitsWorld` (anything with `.classifier` having `features` / `predict`, and for FID `.data` /
+`.reference`).
+
+* FID: clean-fid's Frechet distance (`cleanfid.fid.frechet_distance`) between the Gaussian fits of the two
+  feature sets, with a 95% percentile-bootstrap interval (both sets resampled with replacement).
+* FID against held-out real digits (`fid_real`), and FID-T against the teacher's cached reference samples
+  on the same held-out prompts and seeds (`fid_t`). The teacher's own floor is `world.figures`'
+  `teacher_fid_floor` (two independent teacher sample sets).
+* Prompt accuracy: share of samples the classifier labels as the prompted digit.
+* Per-prompt diversity: mean pairwise L2 distance between the classifier features of samples that share a
+  prompt, averaged over prompts (0 = every seed gives the same image).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:  # pragma: no cover
+    from senseflow.worlds.digits import DigitsWorld
+
+Tensor = torch.Tensor
+
+
+@dataclass(frozen=True)
+class FIDResult:
+    """FID with its 95% bootstrap interval (low, high are None without bootstrap)."""
+
+    value: float
+    low: float | None
+    high: float | None
+    n_a: int
+    n_b: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+    def __str__(self) -> str:
+        if self.low is None:
+            return f"{self.value:.2f}"
+        return f"{self.value:.2f} [{self.low:.2f}, {self.high:.2f}]"
+
+
+def _check_images(images: Tensor) -> Tensor:
+    if images.ndim != 4 or tuple(images.shape[1:]) != (1, 8, 8):
+        raise ValueError(f"digits images must be (N, 1, 8, 8) in [-1, 1], got shape {tuple(images.shape)}")
+    return images.detach().float().cpu().clamp(-1, 1)
+
+
+def classifier_features(images: Tensor, world: "DigitsWorld") -> np.ndarray:
+    """(N, D) float64 penultimate features of the evaluation classifier."""
+    return world.classifier.features(_check_images(images)).double().numpy()
+
+
+def _gaussian(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    return feats.mean(0), np.cov(feats, rowvar=False)
+
+
+def frechet_distance(feats_a: np.ndarray, feats_b: np.ndarray) -> float:
+    """clean-fid's Frechet distance between Gaussian fits of two (N, D) feature sets."""
+    from cleanfid.fid import frechet_distance as clean_frechet
+
+    mu_a, cov_a = _gaussian(feats_a)
+    mu_b, cov_b = _gaussian(feats_b)
+    return float(clean_frechet(mu_a, cov_a, mu_b, cov_b))
+
+
+def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray, bootstrap: int = 200, seed: int = 0,
+                      level: float = 0.95) -> FIDResult:
+    """FID and a percentile-bootstrap interval (both sets resampled with replacement, `bootstrap` times)."""
+    value = frechet_distance(feats_a, feats_b)
+    low = high = None
+    if bootstrap >= 2:
+        rng = np.random.default_rng(seed)
+        vals = []
+        for _ in range(bootstrap):
+            ia = rng.integers(0, len(feats_a), len(feats_a))
+            ib = rng.integers(0, len(feats_b), len(feats_b))
+            vals.append(frechet_distance(feats_a[ia], feats_b[ib]))
+        alpha = (1 - level) / 2
+        low, high = (float(q) for q in np.quantile(np.asarray(vals), [alpha, 1 - alpha]))
+    return FIDResult(value, low, high, len(feats_a), len(feats_b))
+
+
+def fid(images: Tensor, reference: Tensor, world: "DigitsWorld", bootstrap: int | None = None,
+        seed: int = 0) -> FIDResult:
+    """FID between two image sets in the classifier's feature space."""
+    b = world.config.reference.bootstrap if bootstrap is None else bootstrap
+    return fid_from_features(classifier_features(images, world), classifier_features(reference, world), b, seed)
+
+
+def fid_real(images: Tensor, world: "DigitsWorld", bootstrap: int | None = None, seed: int = 0) -> FIDResult:
+    """FID against the held-out real digits."""
+    return fid(images, world.data.held_out.images, world, bootstrap, seed)
+
+
+def fid_t(images: Tensor, world: "DigitsWorld", bootstrap: int | None = None, seed: int = 0) -> FIDResult:
+    """FID-T: against the teacher's cached reference samples. `images[i]` must come from
+    `world.reference.prompts[i]` and `world.reference.noise[i]` (same prompts and seeds)."""
+    ref = world.reference.samples
+    if images.shape[0] != ref.shape[0]:
+        raise ValueError(f"FID-T compares with the {ref.shape[0]} teacher reference samples on the same prompts and "
+                         f"seeds; got {images.shape[0]} images (sample from world.reference.prompts / .noise)")
+    return fid(images, ref, world, bootstrap, seed)
+
+
+def prompt_accuracy(images: Tensor, labels: Tensor | list[int], world: "DigitsWorld") -> float:
+    """Share of images the classifier labels as their prompted digit."""
+    labels = torch.as_tensor(labels, dtype=torch.int64)
+    pred = world.classifier.predict(_check_images(images))
+    return float((pred == labels).float().mean())
+
+
+def per_prompt_diversity(images: Tensor, prompts: list[str], world: "DigitsWorld") -> dict:
+    """Mean pairwise feature distance among samples of the same prompt: {"mean": float, "per_prompt": {prompt: d}}.
+    Prompts with a single sample are skipped."""
+    feats = torch.as_tensor(classifier_features(images, world))
+    groups: dict[str, list[int]] = defaultdict(list)
+    for i, p in enumerate(prompts):
+        groups[p].append(i)
+    per = {}
+    for p, idx in groups.items():
+        if len(idx) < 2:
+            continue
+        f = feats[idx]
+        d = torch.cdist(f, f)
+        n = len(idx)
+        per[p] = float(d.sum() / (n * (n - 1)))
+    mean = float(np.mean(list(per.values()))) if per else float("nan")
+    return {"mean": mean, "per_prompt": per}
+
+
+def evaluate_samples(images: Tensor, world: "DigitsWorld", prompts: list[str] | None = None,
+                     labels: Tensor | list[int] | None = None, bootstrap: int | None = None) -> dict:
+    """All digits metrics for samples drawn on the world's reference prompts and seeds (the default) or on
+    given prompts/labels (then FID-T is left out unless the count matches the reference)."""
+    ref = world.reference
+    prompts = ref.prompts if prompts is None else prompts
+    labels = ref.labels if labels is None else labels
+    out = {
+        "prompt_accuracy": prompt_accuracy(images, labels, world),
+        "fid": fid_real(images, world, bootstrap).as_dict(),
+        "diversity": per_prompt_diversity(images, prompts, world)["mean"],
+    }
+    if images.shape[0] == ref.samples.shape[0] and list(prompts) == list(ref.prompts):
+        out["fid_t"] = fid_t(images, world, bootstrap).as_dict()
+    return out

@@ -1,0 +1,212 @@
+"""Plots (matplotlib, Agg backend), written as PNG with exact pixel sizes.
+
+* `plot_metric_curves`: a metric against training iteration (or elapsed hours), one line per
+  configuration = mean over seeds, with a band across seeds (sd, 95 % t-interval or min-max), from
+  ``train_metrics`` or ``eval_metrics`` of the results database. Size: ``figsize * dpi`` pixels.
+* `plot_sample_grid`: teacher vs each configuration on the same prompts and seeds: one row per
+  (prompt, seed), one column per model. Size: ``(label_px + ncols * cell_px) x (header_px + nrows * cell_px)``.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import textwrap
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import numpy as np
+
+from .metrics import SampleSet, higher_is_better
+from .store import query
+
+__all__ = ["plot_metric_curves", "plot_sample_grid", "sample_grid_size"]
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _safe(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", s).strip("_") or "plot"
+
+
+_CURVE_SQL = {
+    "train": """
+        WITH s AS (
+            SELECT t.run_id, t.iteration, t.time, r.variant,
+                   avg(t.value) OVER (PARTITION BY t.run_id ORDER BY t.iteration
+                                      ROWS BETWEEN $window PRECEDING AND CURRENT ROW) AS value
+            FROM train_metrics t JOIN runs r ON r.run_id = t.run_id AND r.grid = t.grid
+            WHERE t.grid = $grid AND t.name = $metric AND list_contains($states, r.state)
+              AND t.value IS NOT NULL AND NOT isnan(t.value))
+        SELECT coalesce(variant, '(none)') AS variant, iteration, avg(time) / 3600.0 AS hours,
+               count(*) AS n, avg(value) AS mean, stddev_samp(value) AS sd, min(value) AS lo, max(value) AS hi
+        FROM s GROUP BY ALL ORDER BY variant, iteration""",
+    "eval": """
+        WITH s AS (
+            SELECT e.run_id, e.iteration, r.variant, e.value
+            FROM eval_metrics e JOIN runs r ON r.run_id = e.run_id AND r.grid = e.grid
+            WHERE e.grid = $grid AND e.name = $metric AND list_contains($states, r.state)
+              AND ($all_labels OR list_contains($labels, e.label))
+              AND e.value IS NOT NULL AND NOT isnan(e.value))
+        SELECT coalesce(variant, '(none)') AS variant, iteration, NULL AS hours,
+               count(*) AS n, avg(value) AS mean, stddev_samp(value) AS sd, min(value) AS lo, max(value) AS hi
+        FROM s GROUP BY ALL ORDER BY variant, iteration""",
+}
+
+
+def plot_metric_curves(db_path: str | os.PathLike, grid: str, metric: str, *, source: str = "eval",
+                       labels: Sequence[str] | None = None, variants: Sequence[str] | None = None,
+                       states: Sequence[str] = ("completed", "running", "diverged", "failed"),
+                       band: str = "sd", smooth: int = 1, x: str = "iteration", logy: bool = False,
+                       out_dir: str | os.PathLike = "results/plots", filename: str | None = None,
+                       figsize: tuple[float, float] = (6.4, 4.0), dpi: int = 100) -> Path:
+    """Plot ``metric`` vs training iteration per configuration (mean over seeds +- a band); returns the PNG path.
+
+    ``source``: "train" (metrics.jsonl values) or "eval" (evaluations; ``labels`` restricts which).
+    ``band``: "sd" (mean +- one standard deviation across seeds), "ci" (95 % t-interval) or
+    "minmax"; no band where only one seed has a value. ``smooth``: trailing moving average over this
+    many logged points per run before averaging (train curves). ``x``: "iteration" or "hours"
+    (elapsed wall-clock, train only). Output: ``<out_dir>/<grid>_<source>_<metric>.png`` of
+    ``figsize[0]*dpi x figsize[1]*dpi`` pixels.
+    """
+    if source not in _CURVE_SQL:
+        raise ValueError(f"source={source!r}: use 'train' or 'eval'")
+    if band not in ("sd", "ci", "minmax"):
+        raise ValueError(f"band={band!r}: use 'sd', 'ci' or 'minmax'")
+    if x not in ("iteration", "hours") or (x == "hours" and source != "train"):
+        raise ValueError("x must be 'iteration', or 'hours' with source='train'")
+    params: dict = {"grid": grid, "metric": metric, "states": list(states)}
+    if source == "train":
+        params["window"] = max(0, int(smooth) - 1)
+    else:
+        params.update(all_labels=labels is None, labels=list(labels or []))
+    _, rows = query(db_path, _CURVE_SQL[source], params)
+    if not rows:
+        raise ValueError(f"no {source} values of {metric!r} for grid {grid!r} in {db_path}")
+    by_variant: dict[str, list[tuple]] = {}
+    for r in rows:
+        by_variant.setdefault(r[0], []).append(r[1:])
+    order = [v for v in (variants or sorted(by_variant)) if v in by_variant]
+
+    plt = _plt()
+    fig = plt.figure(figsize=figsize, dpi=dpi)
+    ax = fig.add_subplot(1, 1, 1)
+    for i, v in enumerate(order):
+        arr = np.array([[np.nan if c is None else float(c) for c in r] for r in by_variant[v]], dtype=float)
+        it, hours, n, mean, sd, lo, hi = arr.T
+        xs = hours if x == "hours" else it
+        color = f"C{i % 10}"
+        ax.plot(xs, mean, color=color, lw=1.6, label=f"{v} (n={int(np.nanmax(n))})", marker="o" if len(xs) < 20 else None,
+                ms=3)
+        ok = n >= 2
+        if ok.any():
+            if band == "sd":
+                b_lo, b_hi = mean - sd, mean + sd
+            elif band == "ci":
+                from scipy import stats
+
+                h = np.where(ok, stats.t.ppf(0.975, np.maximum(n - 1, 1)) * sd / np.sqrt(np.maximum(n, 1)), np.nan)
+                b_lo, b_hi = mean - h, mean + h
+            else:
+                b_lo, b_hi = lo, hi
+            ax.fill_between(xs, np.where(ok, b_lo, np.nan), np.where(ok, b_hi, np.nan), color=color, alpha=0.2, lw=0)
+    if logy:
+        ax.set_yscale("log")
+    ax.set_xlabel("training iteration" if x == "iteration" else "training time (h)")
+    arrow = "↑" if higher_is_better(metric) else "↓"
+    ax.set_ylabel(f"{metric} {arrow}")
+    band_txt = {"sd": "±1 sd", "ci": "95% CI", "minmax": "min–max"}[band]
+    ax.set_title(f"{grid}: {metric} ({source}, mean over seeds, band {band_txt})", fontsize=9)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()  # moves the axes only: the figure keeps figsize * dpi pixels
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / (filename or f"{_safe(grid)}_{source}_{_safe(metric)}.png")
+    fig.savefig(path, dpi=dpi)
+    plt.close(fig)
+    return path
+
+
+def sample_grid_size(nrows: int, ncols: int, *, cell_px: int = 128, label_px: int = 200, header_px: int = 32
+                     ) -> tuple[int, int]:
+    """(width, height) in pixels of a `plot_sample_grid` figure."""
+    return label_px + ncols * cell_px, header_px + nrows * cell_px
+
+
+def plot_sample_grid(columns: Mapping[str, SampleSet | str | os.PathLike | np.ndarray], *,
+                     keys: Sequence[tuple[str, int]] | None = None, prompts: Sequence[str] | None = None,
+                     n: int = 6, out_path: str | os.PathLike = "results/plots/sample_grid.png", cell_px: int = 128,
+                     label_px: int = 200, header_px: int = 32, dpi: int = 100) -> Path:
+    """Grid of samples: one column per model (put the teacher first), one row per (prompt, seed).
+
+    ``columns``: name -> SampleSet, sample folder, or uint8 array (N, H, W, C). With sample sets the
+    rows are (prompt, seed) keys present in every set (``keys``, or the first ``n`` of the first
+    column's order); with arrays every column must be an array with the same N and row i is image i
+    (``prompts`` labels the rows). Images are resized to ``cell_px`` squares. Output size: see
+    `sample_grid_size`.
+    """
+    from PIL import Image
+
+    if not columns:
+        raise ValueError("no columns")
+    names = list(columns)
+    vals = list(columns.values())
+    if all(isinstance(v, np.ndarray) for v in vals):
+        counts = {len(v) for v in vals}
+        if len(counts) != 1:
+            raise ValueError(f"array columns have different lengths: {sorted(counts)}")
+        rows = min(n, counts.pop())
+        grid = [[v[i] for v in vals] for i in range(rows)]
+        labels = list(prompts[:rows]) if prompts is not None else [f"#{i}" for i in range(rows)]
+    elif any(isinstance(v, np.ndarray) for v in vals):
+        raise ValueError("mix of arrays and sample sets: pass all arrays or all sample sets/folders")
+    else:
+        sets = [v if isinstance(v, SampleSet) else SampleSet.load(v) for v in vals]
+        index = [{s.key: i for i, s in enumerate(ss.samples)} for ss in sets]
+        if keys is None:
+            keys = [s.key for s in sets[0].samples if all(s.key in ix for ix in index[1:])][:n]
+        missing = [k for k in keys if not all(k in ix for ix in index)]
+        if missing:
+            raise ValueError(f"(prompt, seed) {missing[0]!r} is missing from some columns")
+        if not keys:
+            raise ValueError("the sample sets share no (prompt, seed)")
+        grid = [[ss.image(ix[k]) for ss, ix in zip(sets, index)] for k in keys]
+        labels = [f"{p} (seed {s})" for p, s in keys]
+
+    nrows, ncols = len(grid), len(names)
+    W, H = sample_grid_size(nrows, ncols, cell_px=cell_px, label_px=label_px, header_px=header_px)
+    plt = _plt()
+    fig = plt.figure(figsize=(W / dpi, H / dpi), dpi=dpi)
+    fs = max(6, min(10, cell_px // 14))
+    chars = max(10, int(label_px / (0.62 * fs * dpi / 72)))
+    for j, name in enumerate(names):
+        fig.text((label_px + (j + 0.5) * cell_px) / W, 1 - (header_px / 2) / H, name, ha="center", va="center",
+                 fontsize=fs, weight="bold", clip_on=True)
+    for i, row in enumerate(grid):
+        y0 = H - header_px - (i + 1) * cell_px
+        lines = textwrap.wrap(labels[i], chars)
+        max_lines = max(1, int(cell_px / (1.3 * fs * dpi / 72)))
+        if len(lines) > max_lines:
+            lines = lines[:max_lines - 1] + [lines[max_lines - 1][: max(1, chars - 1)] + "…"]
+        fig.text(6 / W, (y0 + cell_px / 2) / H, "\n".join(lines), ha="left", va="center", fontsize=fs - 1)
+        for j, img in enumerate(row):
+            a = np.asarray(img)
+            if a.ndim == 3 and a.shape[2] == 1:
+                a = a[:, :, 0]
+            im = Image.fromarray(a.astype(np.uint8)).convert("RGB").resize((cell_px, cell_px), Image.BICUBIC)
+            ax = fig.add_axes([(label_px + j * cell_px) / W, y0 / H, cell_px / W, cell_px / H])
+            ax.imshow(np.asarray(im), interpolation="nearest")
+            ax.set_axis_off()
+    out = Path(out_path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=dpi)
+    plt.close(fig)
+    return out
