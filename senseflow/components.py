@@ -24,22 +24,18 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     return x.permute(0, 2, 3, 1).cpu().numpy()
 
 
-def make_discriminator_factory(cfg: RunConfig, backbone, text_dim: int, image_size: int):
+def make_discriminator_factory(cfg: RunConfig, backbone, text_dim: int, image_size: int,
+                               latent_size: tuple[int, int]):
     """A factory fake_score -> discriminator for cfg.gan.kind (None when the GAN is off)."""
-    gan = cfg.gan
-    if gan.kind == "none":
+    if cfg.gan.kind == "none":
         return None
-    if gan.kind == "dmd2":
-        from senseflow.discriminators import DMD2Discriminator
+    from senseflow.discriminators import build_discriminator
 
-        return lambda fake_score: DMD2Discriminator(fake_score)
-    from senseflow.discriminators import VFMDiscriminator
-
-    def make(_fake_score):
-        return VFMDiscriminator(backbone, text_dim=text_dim, layers=gan.layers, head_channels=gan.head_channels,
-                                virtual_batch=gan.virtual_batch, diffaug=gan.diffaug, reference=gan.reference,
-                                image_size=image_size,
-                                checkpoint_backbone=cfg.train.gradient_checkpointing and torch.cuda.is_available())
+    def make(fake_score):
+        return build_discriminator(cfg.gan, fake_score, text_dim=text_dim,
+                                   backbone=backbone if not isinstance(backbone, str) else None,
+                                   image_size=image_size, latent_size=latent_size,
+                                   hidden_channels=cfg.gan.hidden_channels)
     return make
 
 
@@ -66,7 +62,7 @@ def _tiny_components(cfg: RunConfig) -> Components:
     backbone = tiny_dinov2(seed=0, hidden_size=32, layers=4, patch_size=4, image_size=res)
     data = SyntheticData(res, bundle.codec, bundle.text_encoder, channels=bundle.image_channels)
     return Components(bundle=bundle, data=data,
-                      make_discriminator=make_discriminator_factory(cfg, backbone, text_dim, res),
+                      make_discriminator=make_discriminator_factory(cfg, backbone, text_dim, res, bundle.latent_shape[-2:]),
                       render=lambda x: to_uint8(bundle.codec.decode(x)),
                       sample_prompts=SyntheticData.PROMPTS[:2])
 
@@ -82,6 +78,7 @@ def _real_components(cfg: RunConfig) -> Components:
         text_dim = bundle.text_encoder.encode(["x"]).pooled.shape[-1]
     data = ImageTextData(cfg.data.path, cfg.model.resolution, bundle.codec, bundle.text_encoder)
     return Components(bundle=bundle, data=data,
-                      make_discriminator=make_discriminator_factory(cfg, cfg.gan.backbone, text_dim, cfg.model.resolution),
+                      make_discriminator=make_discriminator_factory(cfg, cfg.gan.backbone, text_dim, cfg.model.resolution,
+                                                                         bundle.latent_shape[-2:]),
                       render=lambda x: to_uint8(bundle.codec.decode(x.to(_DTYPES[cfg.model.dtype]))),
                       sample_prompts=[p for _, p in data.pairs[:4]])

@@ -120,6 +120,7 @@ class GANConfig(_Strict):
     backbone: str = Field("facebook/dinov2-large", description="DINOv2 hub id or local dir (vfm)")
     layers: list[int] | None = Field(None, description="blocks whose outputs feed heads (None: the backbone's preset)")
     head_channels: int = Field(64, ge=1)
+    hidden_channels: int | None = Field(None, ge=1, description="width inside the heads (None: the feature width)")
     virtual_batch: int = Field(8, ge=1)
     diffaug: list[Literal["color", "translation", "cutout"]] = Field(
         default_factory=lambda: ["color", "translation", "cutout"])
@@ -160,6 +161,11 @@ class TrainConfig(_Strict):
     divergence_grad_norm: float = Field(1e4, gt=0.0, description="pre-clip norm above this counts as diverged")
     divergence_patience: int = Field(3, ge=1, description="consecutive bad iterations before stopping")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: leave as is)")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _no_is_false(cls, v):
+        return "no" if v is False else v  # `mixed_precision: no` in a YAML file parses as False
 
 
 class DataConfig(_Strict):
@@ -368,6 +374,9 @@ def _format_validation(err: ValidationError, data: dict[str, Any]) -> str:
     return f"{loc or 'config'}={shown!r}: {msg}" if loc else f"config: {msg}"
 
 
+_YAML11_BOOL_WORDS = {"yes", "no", "on", "off", "y", "n"}
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'isg.weight=0.5' -> (['isg', 'weight'], 0.5). Values are parsed as YAML scalars/lists."""
     if "=" not in text:
@@ -376,6 +385,8 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"override {text!r} has an empty key; write key.path=value")
+    if raw.strip().lower() in _YAML11_BOOL_WORDS:  # YAML 1.1 reads "no"/"on" as booleans; keep them as words
+        return key.split("."), raw.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() != "" else ""
     except yaml.YAMLError as e:

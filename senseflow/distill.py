@@ -269,7 +269,7 @@ class Distiller(nn.Module):
         self.opt_d.zero_grad(set_to_none=True)
         self.fake_score.zero_grad(set_to_none=True)  # DMD2 head: the body is trained by its own loss only
         return {"loss_disc": float(loss.detach()), "grad_norm_d": norm,
-                "d_real": float(real_logits.mean()), "d_fake": float(fake_logits.mean())}
+                "d_real": float(real_logits.detach().mean()), "d_fake": float(fake_logits.detach().mean())}
 
     # ------------------------------------------------------------------ inference
     @torch.no_grad()

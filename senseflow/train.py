@@ -198,7 +198,7 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
         metrics_path.unlink()
     elif metrics_path.exists():  # drop lines logged after the checkpoint we resume from
         keep = [ln for ln in metrics_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("iteration", 0) < start]
+                if ln.strip() and json.loads(ln).get("iteration", 0) <= start]
         metrics_path.write_text("".join(k + "\n" for k in keep))
 
     end = cfg.train.iterations if stop_after is None else min(cfg.train.iterations, start + stop_after)

@@ -1,0 +1,685 @@
+"""Discriminators for the adversarial term: SenseFlow's VFM discriminator and DMD2's bottleneck classifier.
+
+VFMDiscriminator (ALGORITHM.md "VFM discriminator"; senseflow-paper.md 1.8)
+    A frozen DINOv2 ViT reads decoded pixels at their full resolution (position embeddings interpolated).
+    The patch-embedding output and the outputs of chosen blocks, each as patch tokens plus the CLS token,
+    become 2-D maps; one light head per map (spectral-norm convs, local batch norm, LeakyReLU, stride-2
+    downsamples with residual blocks between, circular padding) gives `head_channels` (64) channels. The
+    head output is projected on the sum of a text map (Linear on the pooled prompt embedding) and a
+    reference map (the same head stack, its own weights, on the paired real image's DINOv2 features):
+    logits = sum_c out * (cmap + refmap) / sqrt(64), flattened and concatenated over heads -> (B, N).
+    DiffAugment (color, translation, cutout) is applied to the judged image only, never to the reference.
+
+DMD2Discriminator (dmd2-and-peers.md 1.3)
+    DMD2's GAN classifier: a small conv head (4x4 stride-2 convs, GroupNorm, SiLU, down to 1x1, then a
+    1x1 conv to one logit) on the fake score's bottleneck features, read with forward hooks (SD3/FLUX:
+    image tokens after the middle transformer block; SDXL: the UNet's mid_block output).
+
+Losses live in senseflow.losses (hinge for VFM, logistic for DMD2).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+from torch.utils.checkpoint import checkpoint as activation_checkpoint
+
+from senseflow.models.base import Conditioning, Denoiser
+
+Tensor = torch.Tensor
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+DIFFAUG_OPS = ("color", "translation", "cutout")
+VITL_LAYERS = (2, 5, 8, 10, 14, 19, 23)  # the paper's blocks for the 24-block ViT-L (0-based block indices)
+TRANSLATION_RATIO = 1 / 8
+CUTOUT_RATIO = 1 / 2
+TINY_BACKBONE = "tiny-random"  # a random-init 4-block DINOv2 for CPU smoke runs (no weights, no downloads)
+
+
+# ============================================================================= DiffAugment
+def _rand(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> Tensor:
+    """U[0, 1) drawn on the generator's device (a CPU generator works for CUDA images), moved to `device`."""
+    where = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=where, dtype=torch.float32).to(device=device, dtype=dtype)
+
+
+def _randint(low: int, high: int, shape, generator: torch.Generator | None, device) -> Tensor:
+    where = generator.device if generator is not None else device
+    return torch.randint(low, high, shape, generator=generator, device=where).to(device)
+
+
+def _aug_color(x: Tensor, g: torch.Generator | None) -> Tensor:
+    """Per-sample brightness (+U(-.5, .5)), saturation (x U(0, 2) about the channel mean) and contrast
+    (x U(.5, 1.5) about the image mean), for images in [-1, 1]. Saturation is a no-op on 1 channel."""
+    b = x.shape[0]
+    shape = (b, 1, 1, 1)
+    x = x + (_rand(shape, g, x.device, x.dtype) - 0.5)
+    grey = x.mean(dim=1, keepdim=True)
+    x = grey + (x - grey) * (2 * _rand(shape, g, x.device, x.dtype))
+    mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    return mean + (x - mean) * (_rand(shape, g, x.device, x.dtype) + 0.5)
+
+
+def _aug_translation(x: Tensor, g: torch.Generator | None, ratio: float = TRANSLATION_RATIO) -> Tensor:
+    """Shift each image by an integer (dy, dx) in [-r, r] (r = ratio of the side, rounded), zero fill."""
+    b, c, h, w = x.shape
+    ry, rx = int(h * ratio + 0.5), int(w * ratio + 0.5)
+    if ry == 0 and rx == 0:
+        return x
+    dy = _randint(-ry, ry + 1, (b,), g, x.device)
+    dx = _randint(-rx, rx + 1, (b,), g, x.device)
+    padded = F.pad(x, (rx, rx, ry, ry))
+    # output (i, j) reads input (i - dy, j - dx), i.e. padded (i - dy + ry, j - dx + rx)
+    rows = torch.arange(h, device=x.device)[None, :] + ry - dy[:, None]  # (b, h)
+    cols = torch.arange(w, device=x.device)[None, :] + rx - dx[:, None]  # (b, w)
+    batch = torch.arange(b, device=x.device)[:, None, None]
+    out = padded[batch, :, rows[:, :, None], cols[:, None, :]]  # (b, h, w, c): advanced dims come first
+    return out.permute(0, 3, 1, 2).contiguous()
+
+
+def _aug_cutout(x: Tensor, g: torch.Generator | None, ratio: float = CUTOUT_RATIO) -> Tensor:
+    """Zero one (ratio*h) x (ratio*w) rectangle per image, its centre uniform over the image (clipped)."""
+    b, _, h, w = x.shape
+    sy, sx = max(int(h * ratio + 0.5), 1), max(int(w * ratio + 0.5), 1)
+    cy = _randint(0, h + (1 - sy % 2), (b,), g, x.device)
+    cx = _randint(0, w + (1 - sx % 2), (b,), g, x.device)
+    y0, x0 = cy - sy // 2, cx - sx // 2
+    ii = torch.arange(h, device=x.device)[None, :]
+    jj = torch.arange(w, device=x.device)[None, :]
+    in_rows = (ii >= y0[:, None]) & (ii < (y0 + sy)[:, None])  # (b, h)
+    in_cols = (jj >= x0[:, None]) & (jj < (x0 + sx)[:, None])  # (b, w)
+    keep = ~(in_rows[:, :, None] & in_cols[:, None, :])
+    return x * keep[:, None].to(x.dtype)
+
+
+_AUGMENTS = {"color": _aug_color, "translation": _aug_translation, "cutout": _aug_cutout}
+
+
+def diffaugment(x: Tensor, policy: Sequence[str], generator: torch.Generator | None = None) -> Tensor:
+    """Differentiable augmentation (DiffAugment, Zhao et al. 2020) of images (B, C, H, W) in [-1, 1].
+
+    `policy` lists ops from "color", "translation", "cutout", applied in that list's order, each with its
+    own per-sample random draw. Every op is built from arithmetic, padding and indexing, so gradients flow
+    to `x`. Deterministic for a seeded `generator` (its device may differ from x's); C may be 1 or 3.
+    """
+    if x.ndim != 4:
+        raise ValueError(f"diffaugment expects (B, C, H, W) images, got shape {tuple(x.shape)}")
+    unknown = [p for p in policy if p not in _AUGMENTS]
+    if unknown:
+        raise ValueError(f"unknown DiffAugment op(s) {unknown}; choose from {list(DIFFAUG_OPS)}")
+    for name in policy:
+        x = _AUGMENTS[name](x, generator)
+    return x
+
+
+# ============================================================================= head building blocks
+class BatchNormLocal(nn.Module):
+    """Batch norm over "virtual" groups of at most `virtual_batch` samples, with no running statistics.
+
+    The batch is split into G = ceil(B / virtual_batch) consecutive groups of as-equal-as-possible size;
+    each channel is normalised with the mean and (biased) variance over its group's samples and all
+    spatial positions, then scaled and shifted by the affine parameters. Train and eval behave alike.
+    Statistics are computed in float32.
+    """
+
+    def __init__(self, num_features: int, virtual_batch: int = 8, affine: bool = True, eps: float = 1e-5):
+        super().__init__()
+        if virtual_batch < 1:
+            raise ValueError(f"virtual_batch must be >= 1, got {virtual_batch}")
+        self.num_features, self.virtual_batch, self.eps = num_features, virtual_batch, eps
+        self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
+        self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
+
+    def _normalise(self, xg: Tensor) -> Tensor:  # (G, n, C, L)
+        mean = xg.mean(dim=(1, 3), keepdim=True)
+        var = xg.var(dim=(1, 3), unbiased=False, keepdim=True)
+        return (xg - mean) * torch.rsqrt(var + self.eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        shape, dtype = x.shape, x.dtype
+        b, c = shape[0], shape[1]
+        flat = x.reshape(b, c, -1).float()
+        groups = math.ceil(b / self.virtual_batch)
+        if b % groups == 0:
+            out = self._normalise(flat.reshape(groups, b // groups, c, -1)).reshape(b, c, -1)
+        else:
+            out = torch.cat([self._normalise(part[None])[0] for part in torch.tensor_split(flat, groups)])
+        if self.weight is not None:
+            out = out * self.weight.float()[None, :, None] + self.bias.float()[None, :, None]
+        return out.reshape(shape).to(dtype)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, virtual_batch={self.virtual_batch}, eps={self.eps}"
+
+
+def sn_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Module:
+    """A spectral-normalised Conv2d ('same' circular padding for k > 1; one power iteration per step)."""
+    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
+                     padding_mode="circular" if kernel_size > 1 else "zeros")
+    return spectral_norm(conv)
+
+
+def _conv_bn_act(channels_in: int, channels_out: int, kernel_size: int, virtual_batch: int) -> nn.Sequential:
+    return nn.Sequential(sn_conv(channels_in, channels_out, kernel_size), BatchNormLocal(channels_out, virtual_batch),
+                         nn.LeakyReLU(0.2))
+
+
+class _Residual(nn.Module):
+    """(x + f(x)) / sqrt(2) with f = SN 3x3 conv, local batch norm, LeakyReLU(0.2)."""
+
+    def __init__(self, channels: int, virtual_batch: int):
+        super().__init__()
+        self.body = _conv_bn_act(channels, channels, 3, virtual_batch)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x + self.body(x)) * (1 / math.sqrt(2))
+
+
+class _Down(nn.Module):
+    """SN 3x3 stride-2 conv; a map already 1 position high or wide passes unchanged (never below 1x1)."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = sn_conv(channels, channels, 3, stride=2)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x if min(x.shape[-2:]) < 2 else self.conv(x)
+
+
+class DiscHead(nn.Module):
+    """One feature map (B, in, h, w) -> (B, out, h', w').
+
+    stem [SN 1x1 conv, BNL, LReLU] -> down -> res -> down -> res -> down -> SN 1x1 conv to `out_channels`,
+    with `downsample` (<= 3 by default) stride-2 convs in the first slots and residual blocks between the
+    three slots, as in SenseFlow's 2-D head. `hidden_channels` defaults to the input width (the paper).
+    """
+
+    def __init__(self, in_channels: int, out_channels: int = 64, hidden_channels: int | None = None,
+                 downsample: int = 3, virtual_batch: int = 8):
+        super().__init__()
+        if downsample < 0:
+            raise ValueError(f"downsample must be >= 0, got {downsample}")
+        hidden = hidden_channels or in_channels
+        slots = max(3, downsample)
+        layers: list[nn.Module] = [_conv_bn_act(in_channels, hidden, 1, virtual_batch)]
+        for i in range(slots):
+            if i < downsample:
+                layers.append(_Down(hidden))
+            if i < slots - 1:
+                layers.append(_Residual(hidden, virtual_batch))
+        self.main = nn.Sequential(*layers)
+        self.out = sn_conv(hidden, out_channels, 1)
+        self.downsample = downsample
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.out(self.main(x))
+
+
+# ============================================================================= VFM discriminator
+def default_layers(depth: int) -> list[int]:
+    """The paper's ViT-L blocks [2, 5, 8, 10, 14, 19, 23] for depth 24; for other depths the same relative
+    positions, rounded and deduplicated (ViT-S/B, 12 blocks: [1, 2, 4, 5, 7, 9, 11])."""
+    if depth == 24:
+        return list(VITL_LAYERS)
+    return sorted({round(i * (depth - 1) / 23) for i in VITL_LAYERS})
+
+
+def downsamples_for(grid: int, wanted: int = 3) -> int:
+    """Stride-2 downsamples a `grid`-sized token map allows (each halves it, rounding up, to >= 1)."""
+    n, size = 0, grid
+    while n < wanted and size >= 2:
+        size, n = (size + 1) // 2, n + 1
+    return n
+
+
+def tiny_dinov2(seed: int = 0, hidden_size: int = 32, layers: int = 4, patch_size: int = 2, image_size: int = 8):
+    """A random-init tiny Dinov2Model (deterministic in seed; global RNG untouched), for tests and smoke runs."""
+    from transformers import Dinov2Config, Dinov2Model
+
+    cfg = Dinov2Config(hidden_size=hidden_size, num_hidden_layers=layers, num_attention_heads=2,
+                       intermediate_size=2 * hidden_size, patch_size=patch_size, image_size=image_size)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return Dinov2Model(cfg)
+
+
+def load_dinov2(source: str | os.PathLike, dtype: torch.dtype | None = None) -> nn.Module:
+    """A DINOv2 backbone (transformers Dinov2Model, or Dinov2WithRegistersModel) from a local directory or a
+    hub id resolved in the local Hugging Face cache only (never downloads). `TINY_BACKBONE` builds a tiny
+    random one. Raises ModelNotAvailableError naming the backbone and how to get it."""
+    from transformers import AutoModel
+
+    from senseflow.models.loading import ModelNotAvailableError
+
+    text = os.fspath(source)
+    if text == TINY_BACKBONE:
+        return tiny_dinov2()
+    path = Path(text).expanduser()
+    hint = (f"download it while online (`huggingface-cli download {text}`) or set gan.backbone to a local "
+            "directory holding a DINOv2 config.json and weights; gan.kind=none or dmd2 needs no backbone")
+    try:
+        if path.exists():
+            folder = path
+        else:
+            from huggingface_hub import snapshot_download
+
+            folder = Path(snapshot_download(repo_id=text, local_files_only=True))
+    except Exception as err:  # not cached / offline / invalid id: the same to the caller
+        raise ModelNotAvailableError(f"DINOv2 backbone {text!r} for the VFM discriminator is not on this machine "
+                                     f"({type(err).__name__}); {hint}") from err
+    try:
+        kwargs = {} if dtype is None else {"dtype": dtype}
+        model = AutoModel.from_pretrained(str(folder), **kwargs)
+    except Exception as err:
+        raise ModelNotAvailableError(f"cannot load the DINOv2 backbone {text!r} from {str(folder)!r}: "
+                                     f"{type(err).__name__}: {err}; {hint}") from err
+    if not hasattr(model, "embeddings") or not hasattr(getattr(model, "encoder", None), "layer"):
+        raise ModelNotAvailableError(f"{text!r} loaded as {type(model).__name__}, which is not a DINOv2 ViT; {hint}")
+    return model
+
+
+class VFMDiscriminator(nn.Module):
+    """SenseFlow's vision-foundation-model discriminator D(x, c, r) = h(f_DINOv2(x), c, r).
+
+    backbone: a DINOv2 module (transformers Dinov2Model-like: `.embeddings`, `.encoder.layer`, `.config`)
+        or a hub id / local directory loaded with `load_dinov2`. It is frozen (requires_grad False) and
+        kept in eval mode even when this module is put in train mode; gradients still flow through it to
+        the input image (the generator's adversarial loss).
+    text_dim: width of the pooled prompt embedding fed to `cmapper`; None for unconditional use (a learned
+        constant map takes its place).
+    layers: 0-based block indices whose outputs feed heads (None: `default_layers(depth)`); the patch
+        embedding output always feeds one more head, first.
+    head_channels: width of the projection space (64). hidden_channels: width inside each head (None: the
+        backbone width, as in the paper; ~48M parameters per head for ViT-L, so 16 heads ~ 0.8B).
+    downsample: stride-2 convs per head (3). With `image_size` (the side of the images that will be judged)
+        it is clamped to what the token grid allows, so no conv is built that would never run; without it,
+        heads skip any downsample once a map is 1 position high or wide.
+    reference: build `refmapper` heads that condition on the paired real image's features.
+    checkpoint_backbone: activation-checkpoint each backbone block when gradients are needed (saves memory
+        for the generator's backward at 1024^2).
+
+    forward(images, text_embed, ref_images=None, augment=True, generator=None) -> logits (B, N): images and
+    ref_images (B, 1 or 3, H, W) in [-1, 1] at the same resolution; text_embed (B, text_dim), or a
+    Conditioning whose `pooled` is used. The reference pass runs without gradients (real images, frozen
+    backbone). Nothing is cached between calls.
+    """
+
+    def __init__(self, backbone: nn.Module | str | os.PathLike = "facebook/dinov2-large", *, text_dim: int | None,
+                 layers: Sequence[int] | None = None, head_channels: int = 64, hidden_channels: int | None = None,
+                 virtual_batch: int = 8, diffaug: Sequence[str] = DIFFAUG_OPS, reference: bool = True,
+                 downsample: int = 3, image_size: int | tuple[int, int] | None = None,
+                 checkpoint_backbone: bool = False):
+        super().__init__()
+        if not isinstance(backbone, nn.Module):
+            backbone = load_dinov2(backbone)
+        self.backbone = backbone.eval().requires_grad_(False)
+        cfg = backbone.config
+        self.depth = int(cfg.num_hidden_layers)
+        self.width = int(cfg.hidden_size)
+        self.patch_size = int(cfg.patch_size if isinstance(cfg.patch_size, int) else cfg.patch_size[0])
+        self.in_channels = int(getattr(cfg, "num_channels", 3))
+        self.num_prefix = 1 + int(getattr(cfg, "num_register_tokens", 0) or 0)  # CLS (+ registers)
+        layers = default_layers(self.depth) if layers is None else [int(i) for i in layers]
+        norm = [i + self.depth if i < 0 else i for i in layers]
+        if any(not 0 <= i < self.depth for i in norm) or len(set(norm)) != len(norm):
+            raise ValueError(f"layers must be distinct block indices in [0, {self.depth}), got {list(layers)}")
+        self.layers = sorted(norm)
+        unknown = [p for p in diffaug if p not in DIFFAUG_OPS]
+        if unknown:
+            raise ValueError(f"unknown DiffAugment op(s) {unknown}; choose from {list(DIFFAUG_OPS)}")
+        self.diffaug = list(diffaug)
+        self.head_channels = head_channels
+        self.reference = reference
+        self.checkpoint_backbone = checkpoint_backbone
+        if image_size is not None:
+            side = min(image_size) if isinstance(image_size, (tuple, list)) else int(image_size)
+            downsample = downsamples_for(side // self.patch_size, downsample)
+        self.downsample = downsample
+
+        def make_head() -> DiscHead:
+            return DiscHead(self.width, head_channels, hidden_channels, downsample, virtual_batch)
+
+        n_maps = len(self.layers) + 1
+        self.heads = nn.ModuleList([make_head() for _ in range(n_maps)])
+        self.refmappers = nn.ModuleList([make_head() for _ in range(n_maps)]) if reference else None
+        self.text_dim = text_dim
+        if text_dim:
+            self.cmapper = nn.Linear(text_dim, head_channels)
+            self.register_parameter("cmap_const", None)
+        else:
+            self.cmapper = None
+            self.cmap_const = nn.Parameter(torch.randn(head_channels) / math.sqrt(head_channels))
+        mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        self.register_buffer("pixel_mean", mean, persistent=False)
+        self.register_buffer("pixel_std", std, persistent=False)
+
+    # ------------------------------------------------------------------ module plumbing
+    def train(self, mode: bool = True) -> "VFMDiscriminator":
+        super().train(mode)
+        self.backbone.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The heads, refmappers and cmapper: never the backbone."""
+        frozen = {id(p) for p in self.backbone.parameters()}
+        return [p for p in self.parameters() if id(p) not in frozen]
+
+    @property
+    def _head_dtype(self) -> torch.dtype:
+        return self.heads[0].out.parametrizations.weight.original.dtype
+
+    # ------------------------------------------------------------------ backbone features
+    def _prepare(self, images: Tensor) -> Tensor:
+        if images.ndim != 4:
+            raise ValueError(f"images must be (B, C, H, W), got shape {tuple(images.shape)}")
+        c, h, w = images.shape[1:]
+        if c == 1 and self.in_channels == 3:
+            images = images.expand(-1, 3, -1, -1)
+        elif c != self.in_channels:
+            raise ValueError(f"the backbone takes {self.in_channels}-channel images, got {c} channels")
+        if h < self.patch_size or w < self.patch_size:
+            raise ValueError(f"images of {h}x{w} are smaller than one {self.patch_size}px patch of the backbone; "
+                             "upsample them or use a backbone with a smaller patch")
+        x = (images.float() + 1) / 2
+        if self.in_channels == 3:
+            x = (x - self.pixel_mean) / self.pixel_std
+        return x.to(next(self.backbone.parameters()).dtype)
+
+    def _to_map(self, tokens: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Patch tokens with the CLS token added ("readout add") -> (B, D, h, w) in the heads' dtype."""
+        patches = tokens[:, self.num_prefix:] + tokens[:, :1]
+        b, n, d = patches.shape
+        if n != grid[0] * grid[1]:
+            raise RuntimeError(f"backbone gave {n} patch tokens, expected a {grid[0]}x{grid[1]} grid")
+        return patches.transpose(1, 2).reshape(b, d, *grid).to(self._head_dtype)
+
+    def features(self, images: Tensor) -> list[Tensor]:
+        """The (1 + len(layers)) maps (B, D, H/p, W/p) of images in [-1, 1]: the patch-embedding output, then
+        the output of each chosen block. Runs the blocks only up to the last chosen one."""
+        x = self._prepare(images)
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        h = self.backbone.embeddings(x)  # CLS (+ registers) + patches, position embeddings interpolated
+        maps = [self._to_map(h, grid)]
+        wanted = set(self.layers)
+        use_ckpt = self.checkpoint_backbone and torch.is_grad_enabled() and h.requires_grad
+        last = self.layers[-1] + 1 if self.layers else 0
+        for i, block in enumerate(self.backbone.encoder.layer[:last]):
+            if use_ckpt:
+                out = activation_checkpoint(block, h, use_reentrant=False)
+            else:
+                out = block(h)
+            h = out[0] if isinstance(out, tuple) else out  # transformers 4.x blocks return tuples
+            if i in wanted:
+                maps.append(self._to_map(h, grid))
+        return maps
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, images: Tensor, text_embed: Tensor | Conditioning | None, ref_images: Tensor | None = None,
+                augment: bool = True, generator: torch.Generator | None = None) -> Tensor:
+        b = images.shape[0]
+        if isinstance(text_embed, Conditioning):
+            text_embed = text_embed.pooled
+        if self.cmapper is not None:
+            if text_embed is None:
+                raise ValueError("this discriminator is text conditioned: pass the pooled prompt embedding")
+            cmap = self.cmapper(text_embed.to(self._head_dtype))
+        else:
+            cmap = self.cmap_const.expand(b, -1)
+        refmaps = None
+        if self.reference:
+            if ref_images is None:
+                raise ValueError("reference=True: pass ref_images (the paired real images)")
+            if ref_images.shape[0] != b or ref_images.shape[-2:] != images.shape[-2:]:
+                raise ValueError(f"ref_images {tuple(ref_images.shape)} must match images {tuple(images.shape)} "
+                                 "in batch size and resolution")
+            with torch.no_grad():
+                ref_feats = self.features(ref_images)
+            refmaps = [m(f) for m, f in zip(self.refmappers, ref_feats)]
+        x = diffaugment(images, self.diffaug, generator) if augment and self.diffaug else images
+        feats = self.features(x)
+        scale = 1 / math.sqrt(self.head_channels)
+        logits = []
+        for k, (head, feat) in enumerate(zip(self.heads, feats)):
+            out = head(feat)
+            cond = cmap[:, :, None, None]
+            if refmaps is not None:
+                cond = cond + refmaps[k]
+            logits.append(((out * cond).sum(dim=1) * scale).flatten(1))
+        return torch.cat(logits, dim=1)
+
+
+# ============================================================================= DMD2's classifier head
+class _StopForward(Exception):
+    """Raised by a pre-hook to end the fake score's forward once the bottleneck has been read."""
+
+
+def locate_bottleneck(denoiser: Denoiser) -> tuple[nn.Module, nn.Module | None]:
+    """(module whose output is the bottleneck, the module run right after it or None).
+
+    UNets (SDXL): `mid_block`, then `up_blocks[0]`. Transformers (SD3: `transformer_blocks`; FLUX: the
+    dual-stream then the single-stream blocks, as one sequence): block (n - 1) // 2, then the next block.
+    """
+    bb = denoiser.backbone
+    if getattr(bb, "mid_block", None) is not None:
+        ups = getattr(bb, "up_blocks", None)
+        return bb.mid_block, (ups[0] if ups is not None and len(ups) else None)
+    blocks = list(getattr(bb, "transformer_blocks", None) or []) + list(getattr(bb, "single_transformer_blocks",
+                                                                                 None) or [])
+    if not blocks:
+        raise TypeError(f"no bottleneck found in {type(bb).__name__}: expected a UNet with mid_block or a "
+                        "transformer with transformer_blocks")
+    m = (len(blocks) - 1) // 2
+    return blocks[m], (blocks[m + 1] if m + 1 < len(blocks) else None)
+
+
+def bottleneck_channels(denoiser: Denoiser) -> int:
+    cfg = denoiser.backbone.config
+    if getattr(denoiser.backbone, "mid_block", None) is not None:
+        return int(cfg.block_out_channels[-1])
+    return int(cfg.num_attention_heads * cfg.attention_head_dim)
+
+
+def feature_size_for(denoiser: Denoiser, latent_size: int | Sequence[int] | None = None) -> tuple[int, int] | None:
+    """The bottleneck map's (h, w) for latents of `latent_size` (default: the backbone's configured
+    sample_size; None when neither is known, e.g. FLUX, whose config has no sample_size)."""
+    bb = denoiser.backbone
+    if latent_size is None:
+        latent_size = getattr(bb.config, "sample_size", None)
+        if latent_size is None:
+            return None
+    lh, lw = (latent_size, latent_size) if isinstance(latent_size, int) else tuple(latent_size)[-2:]
+    if getattr(bb, "mid_block", None) is not None:
+        factor = 2 ** sum(1 for blk in bb.down_blocks if getattr(blk, "downsamplers", None))
+    else:
+        factor = token_stride(denoiser)
+    return max(int(lh) // factor, 1), max(int(lw) // factor, 1)
+
+
+def token_stride(denoiser: Denoiser) -> int:
+    """Latent pixels per image token along each side: SD3 its patch size; FLUX 2 (the adapter packs 2x2
+    patches; config.patch_size is 1); UNets 1 (their maps are read as maps)."""
+    bb = denoiser.backbone
+    if getattr(bb, "mid_block", None) is not None:
+        return 1
+    packed = denoiser.family == "flux" or getattr(bb, "single_transformer_blocks", None) is not None
+    return int(getattr(bb.config, "patch_size", 1) or 1) * (2 if packed else 1)
+
+
+def _tokens_to_map(out, x_shape: torch.Size, stride: int) -> Tensor:
+    """A hooked block's output -> (B, D, h, w). Transformer blocks give (text, image) token pairs (diffusers
+    SD3/FLUX blocks) or one tensor whose last h*w tokens are the image; UNet blocks give the map itself."""
+    if isinstance(out, (tuple, list)):
+        out = out[-1]
+    if out.ndim == 4:
+        return out
+    b, n_tokens, d = out.shape
+    gh, gw = x_shape[-2] // stride, x_shape[-1] // stride
+    if gh * gw == 0 or n_tokens < gh * gw:
+        raise RuntimeError(f"cannot fold {n_tokens} tokens into a {gh}x{gw} map (latents {tuple(x_shape[-2:])}, "
+                           f"token stride {stride})")
+    return out[:, n_tokens - gh * gw:].transpose(1, 2).reshape(b, d, gh, gw)
+
+
+def _group_count(channels: int, wanted: int = 32, min_per_group: int = 8) -> int:
+    """DMD2's 32 groups where the width allows (1280 -> 32 x 40); narrower heads get fewer groups of at least
+    `min_per_group` channels, since a group of one channel on a 1x1 map normalises to a constant."""
+    need = min(min_per_group, channels)
+    return max(g for g in range(1, min(wanted, channels) + 1) if channels % g == 0 and channels // g >= need)
+
+
+def _conv_gn_silu(c_in: int, c_out: int, kernel, stride) -> nn.Sequential:
+    padding = 1 if stride == 2 else 0
+    return nn.Sequential(nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=padding),
+                         nn.GroupNorm(_group_count(c_out), c_out), nn.SiLU())
+
+
+class DMD2Head(nn.Module):
+    """DMD2's `cls_pred_branch`: [Conv 4x4 s2 p1, GroupNorm(32), SiLU] while the map is larger than 4x4,
+    then [Conv k x k stride k (k = min(4, side)), GroupNorm, SiLU] to 1x1 and a 1x1 conv to one logit.
+
+    The number of stride-2 blocks is fixed by `feature_size` (the planned bottleneck side). At run time a
+    block is skipped once the map is 4 or smaller, a map smaller than the final kernel is zero-padded to
+    it, and a map that ends above 1x1 has its logits averaged: other resolutions work, the planned one is
+    exactly DMD2's. With `hidden_channels` set, a 1x1 conv first projects to that width.
+    """
+
+    def __init__(self, in_channels: int, feature_size: int | tuple[int, int], hidden_channels: int | None = None):
+        super().__init__()
+        c = hidden_channels or in_channels
+        gh, gw = (feature_size, feature_size) if isinstance(feature_size, int) else tuple(feature_size)
+        self.proj = nn.Conv2d(in_channels, c, 1) if c != in_channels else nn.Identity()
+        downs = []
+        while min(gh, gw) > 4:
+            downs.append(_conv_gn_silu(c, c, 4, 2))
+            gh, gw = gh // 2, gw // 2
+        self.downs = nn.ModuleList(downs)
+        self.kernel = (max(1, min(4, gh)), max(1, min(4, gw)))
+        self.reduce = _conv_gn_silu(c, c, self.kernel, self.kernel)
+        self.logit = nn.Conv2d(c, 1, 1)
+
+    def forward(self, feat: Tensor) -> Tensor:
+        h = self.proj(feat)
+        for down in self.downs:
+            if min(h.shape[-2:]) > 4:
+                h = down(h)
+        ph, pw = max(self.kernel[0] - h.shape[-2], 0), max(self.kernel[1] - h.shape[-1], 0)
+        if ph or pw:
+            h = F.pad(h, (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2))
+        return self.logit(self.reduce(h)).mean(dim=(1, 2, 3))
+
+
+class DMD2Discriminator(nn.Module):
+    """DMD2's GAN classifier on the fake score's bottleneck features of a (re-noised) sample.
+
+    forward(x_t, sigma, cond) -> logits (B,) runs the fake score's own forward on x_t with a forward hook on
+    its bottleneck (see `locate_bottleneck`); the hooks live only for that call (try/finally). With
+    `early_exit` a pre-hook on the next block ends the forward there (DMD2 likewise stops before the
+    up-blocks); it is skipped when the backbone uses gradient checkpointing. Gradients reach x_t and, if its
+    parameters require grad, the fake score body.
+
+    The fake score is referenced, not registered: `parameters()`, `state_dict()` and `.to()` cover the head
+    only, and `trainable_parameters()` is the head. DMD2 trains the head jointly with the fake model (the
+    classifier loss, weight 1e-2, joins the fake score's loss and optimizer and also reaches its body).
+    Our choice: the head is trained by the discriminator optimizer on the D loss alone; the Distiller zeroes
+    the body's gradients after that step, so the body is trained by its own denoising loss only.
+    """
+
+    def __init__(self, fake_score: Denoiser, *, latent_size: int | Sequence[int] | None = None,
+                 feature_size: int | tuple[int, int] | None = None, hidden_channels: int | None = None,
+                 early_exit: bool = True):
+        super().__init__()
+        # tuples keep the fake score and its hooked blocks out of this module's tree (parameters, state_dict)
+        self._fake_score = (fake_score,)
+        self._hooked = locate_bottleneck(fake_score)
+        self.token_stride = token_stride(fake_score)
+        size = feature_size or feature_size_for(fake_score, latent_size)
+        if size is None:
+            raise ValueError(f"{type(fake_score.backbone).__name__} has no sample_size: pass latent_size "
+                             "(the latents' side) or feature_size (the bottleneck's side)")
+        self.head = DMD2Head(bottleneck_channels(fake_score), size, hidden_channels)
+        self.early_exit = early_exit
+
+    @property
+    def fake_score(self) -> Denoiser:
+        return self._fake_score[0]
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        return list(self.head.parameters())
+
+    def bottleneck(self, x_t: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
+        """The fake score's bottleneck features (B, D, h, w) at (x_t, sigma, cond)."""
+        captured: list = []
+
+        def grab(_module, _args, output):
+            captured.append(output)
+
+        def stop(_module, _args):
+            raise _StopForward
+
+        tap, after = self._hooked
+        handles = [tap.register_forward_hook(grab)]
+        checkpointing = bool(getattr(self.fake_score.backbone, "gradient_checkpointing", False))
+        if self.early_exit and after is not None and not checkpointing:
+            handles.append(after.register_forward_pre_hook(stop))
+        try:
+            self.fake_score(x_t, sigma, cond)
+        except _StopForward:
+            pass
+        finally:
+            for handle in handles:
+                handle.remove()
+        if not captured:
+            raise RuntimeError(f"the bottleneck hook on {type(tap).__name__} did not fire")
+        return _tokens_to_map(captured[-1], x_t.shape, self.token_stride)
+
+    def forward(self, x_t: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
+        feat = self.bottleneck(x_t, sigma, cond)
+        dtype = next(self.head.parameters()).dtype
+        return self.head(feat.to(dtype))
+
+
+# ============================================================================= factory
+def pooled_dim(denoiser: Denoiser) -> int | None:
+    """Width of the family's pooled text vector (Conditioning.pooled), read from the backbone's config."""
+    cfg = denoiser.backbone.config
+    if getattr(cfg, "pooled_projection_dim", None):
+        return int(cfg.pooled_projection_dim)  # SD3 (CLIP-L + CLIP-G), FLUX (CLIP-L)
+    if getattr(cfg, "projection_class_embeddings_input_dim", None) and getattr(cfg, "addition_time_embed_dim", None):
+        return int(cfg.projection_class_embeddings_input_dim - 6 * cfg.addition_time_embed_dim)  # SDXL text_embeds
+    return None
+
+
+def build_discriminator(gan, fake_score: Denoiser, *, text_dim: int | None = None,
+                        backbone: nn.Module | None = None, image_size: int | Sequence[int] | None = None,
+                        latent_size: int | Sequence[int] | None = None,
+                        hidden_channels: int | None = None) -> nn.Module | None:
+    """The discriminator a GANConfig (`gan`) asks for, or None for kind "none".
+
+    For the Distiller's `make_discriminator(fake_score)`:
+        functools.partial(build_discriminator, cfg.gan, image_size=cfg.model.resolution,
+                          latent_size=bundle.latent_shape[-2:])
+    vfm: text_dim defaults to the fake score's pooled width (`pooled_dim`); `backbone` (a module) overrides
+    gan.backbone; image_size (the judged images' side) clamps the heads' downsamples to the token grid.
+    dmd2: latent_size sizes the head for the bottleneck map (default: the backbone's sample_size).
+    hidden_channels: width inside the heads (None: the paper's / DMD2's, i.e. the feature width).
+    """
+    if gan.kind == "none":
+        return None
+    if gan.kind == "vfm":
+        return VFMDiscriminator(backbone if backbone is not None else gan.backbone,
+                                text_dim=text_dim if text_dim is not None else pooled_dim(fake_score),
+                                layers=gan.layers, head_channels=gan.head_channels, hidden_channels=hidden_channels,
+                                virtual_batch=gan.virtual_batch, diffaug=gan.diffaug, reference=gan.reference,
+                                image_size=image_size)
+    if gan.kind == "dmd2":
+        return DMD2Discriminator(fake_score, latent_size=latent_size, hidden_channels=hidden_channels)
+    raise ValueError(f"unknown gan.kind {gan.kind!r}")

@@ -1,0 +1,373 @@
+"""Discriminators: DiffAugment, local batch norm, spectral norm, the VFM discriminator on a tiny random DINOv2,
+and DMD2's bottleneck classifier on tiny SD3 / FLUX / SDXL backbones. CPU only, no weights, no downloads."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+from senseflow.discriminators import (BatchNormLocal, DMD2Discriminator, VFMDiscriminator, build_discriminator,
+                                      default_layers, diffaugment, downsamples_for, locate_bottleneck, sn_conv,
+                                      tiny_dinov2)
+from senseflow.models.base import Conditioning
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _images(b: int, c: int, side: int, seed: int = 0) -> torch.Tensor:
+    return torch.rand(b, c, side, side, generator=_gen(seed)) * 2 - 1
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _threads_as_asked():
+    """tests/conftest.py sets 2 torch threads; on a 2-core cgroup shared with other jobs that makes these
+    tiny ops several times slower in CPU time. Honour OMP_NUM_THREADS here, and restore afterwards."""
+    before = torch.get_num_threads()
+    asked = os.environ.get("OMP_NUM_THREADS", "")
+    if asked.isdigit() and int(asked) > 0:
+        torch.set_num_threads(int(asked))
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def dino():
+    return tiny_dinov2(seed=0)  # hidden 32, 4 blocks, patch 2, image 8
+
+
+# ----------------------------------------------------------------------------- DiffAugment
+@pytest.mark.parametrize("channels", [1, 3])
+def test_diffaugment_shape_seed_determinism(channels):
+    x = _images(6, channels, 16)
+    policy = ["color", "translation", "cutout"]
+    a = diffaugment(x, policy, _gen(1))
+    b = diffaugment(x, policy, _gen(1))
+    c = diffaugment(x, policy, _gen(2))
+    assert a.shape == x.shape
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)
+    assert torch.equal(diffaugment(x, [], _gen(1)), x)
+    with pytest.raises(ValueError, match="unknown DiffAugment"):
+        diffaugment(x, ["rotate"], _gen(1))
+
+
+def test_translation_is_a_zero_filled_integer_shift():
+    x = torch.rand(8, 2, 16, 16, generator=_gen(0)) + 0.5  # strictly positive: fill zeros are visible
+    out = diffaugment(x, ["translation"], _gen(3))
+    r = 2  # 16 / 8
+    assert not torch.equal(out, x)
+    for i in range(x.shape[0]):
+        matches = []
+        for dy in range(-r, r + 1):
+            for dx in range(-r, r + 1):
+                ref = torch.zeros_like(x[i])
+                ys, yd = (slice(0, 16 - dy), slice(dy, 16)) if dy >= 0 else (slice(-dy, 16), slice(0, 16 + dy))
+                xs, xd = (slice(0, 16 - dx), slice(dx, 16)) if dx >= 0 else (slice(-dx, 16), slice(0, 16 + dx))
+                ref[:, yd, xd] = x[i][:, ys, xs]
+                if torch.equal(out[i], ref):
+                    matches.append((dy, dx))
+        assert len(matches) == 1, f"sample {i} is not a single shift within +-{r}: {matches}"
+
+
+def test_cutout_zeroes_one_rectangle_of_at_most_half_size():
+    x = torch.rand(8, 3, 16, 16, generator=_gen(0)) + 0.5
+    out = diffaugment(x, ["cutout"], _gen(4))
+    for i in range(x.shape[0]):
+        cut = out[i, 0] == 0
+        assert cut.any()
+        rows, cols = cut.any(1).nonzero().flatten(), cut.any(0).nonzero().flatten()
+        h, w = int(rows.max() - rows.min() + 1), int(cols.max() - cols.min() + 1)
+        assert h <= 8 and w <= 8 and int(cut.sum()) == h * w  # one filled rectangle
+        assert bool((out[i][:, cut] == 0).all())  # the same pixels in every channel
+        assert torch.equal(out[i][:, ~cut], x[i][:, ~cut])
+
+
+def test_diffaugment_is_differentiable_and_color_changes_values():
+    x = _images(4, 3, 16).requires_grad_(True)
+    out = diffaugment(x, ["color", "translation", "cutout"], _gen(5))
+    (out * torch.randn_like(out)).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    col = diffaugment(x.detach(), ["color"], _gen(6))
+    assert (col - x.detach()).abs().amax(dim=(1, 2, 3)).min() > 1e-3  # every sample altered
+
+
+def test_diffaugment_with_cpu_generator_keeps_input_device_and_dtype():
+    x = _images(2, 3, 8).double()
+    out = diffaugment(x, ["color", "translation", "cutout"], _gen(0))
+    assert out.dtype == torch.float64 and out.device == x.device
+
+
+# ----------------------------------------------------------------------------- building blocks
+def test_batchnorm_local_normalises_each_virtual_group():
+    torch.manual_seed(0)
+    x = torch.randn(16, 3, 4, 4)
+    x[:8] = x[:8] * 3 + 5  # group 0 far from group 1
+    x[8:] = x[8:] * 0.5 - 2
+    bn = BatchNormLocal(3, virtual_batch=8)
+    y = bn(x)
+    for g in (y[:8], y[8:]):
+        assert torch.allclose(g.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+        assert torch.allclose(g.var(dim=(0, 2, 3), unbiased=False), torch.ones(3), atol=1e-3)
+    # whole-batch statistics would leave the two groups apart
+    whole = torch.nn.functional.batch_norm(x, None, None, training=True)
+    assert whole[:8].mean() > 0.5 and not torch.allclose(y, whole, atol=1e-2)
+    # a group's output does not depend on other groups
+    x2 = x.clone()
+    x2[8:] = torch.randn(8, 3, 4, 4)
+    assert torch.allclose(bn(x2)[:8], y[:8])
+    # uneven batch: 10 samples, virtual batch 8 -> two groups of 5
+    z = bn(x[:10])
+    assert torch.allclose(z[:5].mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+    assert torch.allclose(z[5:].mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-5)
+    # affine parameters act per channel
+    with torch.no_grad():
+        bn.weight.fill_(2.0)
+        bn.bias.fill_(1.0)
+    assert torch.allclose(bn(x)[:8].mean(dim=(0, 2, 3)), torch.ones(3), atol=1e-5)
+
+
+def test_spectral_norm_keeps_top_singular_value_near_one():
+    torch.manual_seed(0)
+    conv = sn_conv(8, 16, 3, stride=2)
+    with torch.no_grad():
+        conv.parametrizations.weight.original.mul_(10.0)
+    conv.train()
+    x = torch.randn(2, 8, 6, 6)
+    for _ in range(30):  # one power iteration per training forward
+        conv(x)
+    conv.eval()
+    sigma = torch.linalg.matrix_norm(conv.weight.detach().flatten(1), ord=2)
+    raw = torch.linalg.matrix_norm(conv.parametrizations.weight.original.detach().flatten(1), ord=2)
+    assert raw > 5
+    assert abs(float(sigma) - 1.0) < 1e-2
+    assert conv.padding_mode == "circular"
+
+
+def test_default_layers_and_downsample_clamp():
+    assert default_layers(24) == [2, 5, 8, 10, 14, 19, 23]
+    assert default_layers(12) == [1, 2, 4, 5, 7, 9, 11]
+    assert default_layers(4) == [0, 1, 2, 3]
+    assert [downsamples_for(g) for g in (1, 2, 4, 16, 73)] == [0, 1, 2, 3, 3]
+
+
+# ----------------------------------------------------------------------------- VFM discriminator
+def test_features_match_the_backbones_hidden_states(dino):
+    d = VFMDiscriminator(dino, text_dim=8, layers=[1, 3], reference=False)
+    x = _images(2, 3, 12)
+    maps = d.features(x)
+    pix = ((x + 1) / 2 - d.pixel_mean) / d.pixel_std
+    hs = dino(pixel_values=pix, output_hidden_states=True).hidden_states  # (embeddings, block 0, ..., block 3)
+    assert len(maps) == 3
+    for m, idx in zip(maps, (0, 2, 4)):
+        tok = hs[idx][:, 1:] + hs[idx][:, :1]
+        assert m.shape == (2, 32, 6, 6)  # 12 px / patch 2, position embeddings interpolated from 4x4
+        assert torch.allclose(m, tok.transpose(1, 2).reshape(2, 32, 6, 6), atol=1e-5)
+
+
+def test_vfm_output_shapes_tiny_and_32px(dino):
+    d8 = VFMDiscriminator(dino, text_dim=16, image_size=8)
+    assert d8.downsample == 2 and len(d8.heads) == 5  # 4x4 grid: 4 -> 2 -> 1; embeddings + blocks 0..3
+    x = _images(4, 1, 8)
+    assert d8(x, torch.randn(4, 16), ref_images=x, generator=_gen(0)).shape == (4, 5)
+    d32 = VFMDiscriminator(dino, text_dim=16, layers=[1, 3])
+    x = _images(3, 3, 32)
+    assert d32(x, torch.randn(3, 16), ref_images=x, generator=_gen(0)).shape == (3, 3 * 4)  # 16 -> 8 -> 4 -> 2
+    # unclamped heads on a 4x4 grid stop at 1x1 instead of failing
+    dyn = VFMDiscriminator(dino, text_dim=16, layers=[3], reference=False)
+    assert dyn(_images(2, 1, 8), torch.randn(2, 16), augment=False).shape == (2, 2)
+
+
+def test_vfm_gradients_reach_heads_and_input_not_backbone(dino):
+    d = VFMDiscriminator(dino, text_dim=16, image_size=8).train()
+    assert not d.backbone.training  # frozen backbone stays in eval mode
+    backbone_ids = {id(p) for p in d.backbone.parameters()}
+    trainable = d.trainable_parameters()
+    assert trainable and not any(id(p) in backbone_ids for p in trainable)
+    assert len(trainable) == len(list(d.parameters())) - len(backbone_ids)
+    fake = _images(4, 1, 8, seed=1).requires_grad_(True)  # the generator's sample
+    real = _images(4, 1, 8, seed=2)
+    logits = d(fake, torch.randn(4, 16), ref_images=real, generator=_gen(0))
+    (-logits.mean()).backward()
+    assert all(p.grad is None for p in d.backbone.parameters())
+    assert all(p.grad is not None for p in trainable), "clamped heads must use every parameter"
+    assert fake.grad is not None and fake.grad.abs().sum() > 0
+
+
+def test_vfm_backbone_checkpointing_gives_the_same_gradient(dino):
+    torch.manual_seed(0)
+    plain = VFMDiscriminator(dino, text_dim=16, image_size=8)
+    ckpt = VFMDiscriminator(dino, text_dim=16, image_size=8, checkpoint_backbone=True)
+    ckpt.load_state_dict(plain.state_dict())
+    grads = []
+    for d in (plain, ckpt):
+        x = _images(2, 3, 8).requires_grad_(True)
+        d(x, torch.ones(2, 16), ref_images=x.detach(), augment=False).sum().backward()
+        grads.append(x.grad)
+    assert torch.allclose(grads[0], grads[1], atol=1e-5)
+
+
+def test_vfm_reference_and_text_conditioning(dino):
+    torch.manual_seed(0)
+    x, r1, r2 = _images(4, 3, 8, 1), _images(4, 3, 8, 2), _images(4, 3, 8, 3)
+    t = torch.randn(4, 16)
+    d = VFMDiscriminator(dino, text_dim=16, image_size=8).eval()  # eval: no spectral-norm power-iteration update
+    a = d(x, t, ref_images=r1, augment=False)
+    assert torch.equal(a, d(x, t, ref_images=r1, augment=False))  # nothing cached, deterministic
+    assert not torch.allclose(a, d(x, t, ref_images=r2, augment=False))
+    assert not torch.allclose(a, d(x, torch.randn(4, 16), ref_images=r1, augment=False))
+    assert torch.equal(d(x, Conditioning(torch.zeros(4, 2, 8), t), ref_images=r1, augment=False), a)
+    with pytest.raises(ValueError, match="ref_images"):
+        d(x, t)
+    n = VFMDiscriminator(dino, text_dim=16, image_size=8, reference=False).eval()
+    assert n.refmappers is None
+    b = n(x, t, ref_images=r1, augment=False)
+    assert torch.equal(b, n(x, t, ref_images=r2, augment=False))
+    assert torch.equal(b, n(x, t, augment=False))
+    # augmentation touches the judged image only: the reference pass is unchanged under any generator
+    aug1 = d(x, t, ref_images=r1, generator=_gen(7))
+    assert torch.equal(aug1, d(x, t, ref_images=r1, generator=_gen(7)))
+    assert not torch.allclose(aug1, a)
+
+
+def test_vfm_rejects_bad_layers_and_missing_backbone(dino):
+    with pytest.raises(ValueError, match="layers"):
+        VFMDiscriminator(dino, text_dim=4, layers=[0, 4])
+    from senseflow.models.loading import ModelNotAvailableError
+
+    with pytest.raises(ModelNotAvailableError, match="no-such-dinov2"):
+        VFMDiscriminator("senseflow-tests/no-such-dinov2", text_dim=4)
+
+
+def test_vfm_loads_a_local_backbone_directory(dino, tmp_path):
+    dino.save_pretrained(str(tmp_path / "dino"))
+    d = VFMDiscriminator(str(tmp_path / "dino"), text_dim=4, layers=[3], reference=False)
+    assert not any(p.requires_grad for p in d.backbone.parameters())
+    x = _images(2, 3, 8)
+    assert torch.allclose(d.features(x)[1], VFMDiscriminator(dino, text_dim=4, layers=[3]).features(x)[1])
+
+
+# ----------------------------------------------------------------------------- DMD2 head
+def _sd3_fake():
+    from diffusers import SD3Transformer2DModel
+
+    from senseflow.models.sd3 import SD3Denoiser
+
+    torch.manual_seed(0)
+    m = SD3Transformer2DModel(sample_size=8, patch_size=2, in_channels=1, num_layers=2, attention_head_dim=8,
+                              num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+                              pooled_projection_dim=32, out_channels=1, pos_embed_max_size=8)
+    return SD3Denoiser(m)
+
+
+def _cond(b: int, text_dim: int = 32, pooled: int = 32, **extra) -> Conditioning:
+    g = _gen(11)
+    return Conditioning(torch.randn(b, 5, text_dim, generator=g), torch.randn(b, pooled, generator=g), extra)
+
+
+def test_dmd2_on_sd3_shapes_grads_and_no_leaking_hooks():
+    fake = _sd3_fake()
+    d = DMD2Discriminator(fake)
+    tap, after = locate_bottleneck(fake)
+    assert tap is fake.backbone.transformer_blocks[0] and after is fake.backbone.transformer_blocks[1]
+    head_ids = {id(p) for p in d.head.parameters()}
+    assert {id(p) for p in d.trainable_parameters()} == head_ids
+    assert {id(p) for p in d.parameters()} == head_ids and all(k.startswith("head.") for k in d.state_dict())
+    x = torch.randn(3, 1, 8, 8, generator=_gen(1))
+    sigma, cond = torch.tensor([0.2, 0.5, 0.9]), _cond(3)
+    with torch.no_grad():
+        before = fake(x, sigma, cond)
+
+    calls = []
+    counter = fake.backbone.transformer_blocks[1].register_forward_hook(lambda *a: calls.append(1))
+    xg = x.clone().requires_grad_(True)
+    logits = d(xg, sigma, cond)
+    counter.remove()
+    assert logits.shape == (3,) and logits.std() > 0
+    assert not calls, "early exit: blocks after the bottleneck must not run"
+    logits.sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+    assert all(p.grad is not None for p in d.head.parameters())
+    # hooks are gone and the fake score answers as before
+    for block in fake.backbone.transformer_blocks:
+        assert not block._forward_hooks and not block._forward_pre_hooks
+    with torch.no_grad():
+        assert torch.equal(fake(x, sigma, cond), before)
+    # the features are those after the middle block of a full forward
+    seen = []
+    h = tap.register_forward_hook(lambda m, a, o: seen.append(o[1]))
+    with torch.no_grad():
+        fake(x, sigma, cond)
+        feat = d.bottleneck(x, sigma, cond)
+    h.remove()
+    assert feat.shape == (3, 16, 4, 4)
+    assert torch.allclose(feat, seen[0].transpose(1, 2).reshape(3, 16, 4, 4))
+
+
+def test_dmd2_on_flux_and_sdxl_bottlenecks():
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
+
+    from senseflow.models.flux import FluxDenoiser
+    from senseflow.models.sdxl import SDXLDenoiser
+
+    torch.manual_seed(0)
+    flux = FluxDenoiser(FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1,
+                                               attention_head_dim=16, num_attention_heads=2, joint_attention_dim=32,
+                                               pooled_projection_dim=32, guidance_embeds=False,
+                                               axes_dims_rope=(4, 4, 8)))
+    with pytest.raises(ValueError, match="latent_size"):
+        DMD2Discriminator(flux)
+    d = DMD2Discriminator(flux, latent_size=8)  # packed 2x2 -> a 4x4 token grid
+    x = torch.randn(2, 4, 8, 8, generator=_gen(2))
+    assert d.bottleneck(x, torch.tensor([0.3, 0.7]), _cond(2)).shape == (2, 32, 4, 4)
+    assert d(x, torch.tensor([0.3, 0.7]), _cond(2)).shape == (2,)
+
+    unet = UNet2DConditionModel(sample_size=8, in_channels=4, out_channels=4, block_out_channels=(16, 32),
+                                layers_per_block=1, down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), attention_head_dim=(2, 4),
+                                norm_num_groups=8, cross_attention_dim=32, use_linear_projection=True,
+                                addition_embed_type="text_time", addition_time_embed_dim=8,
+                                projection_class_embeddings_input_dim=6 * 8 + 16)
+    sdxl = SDXLDenoiser(unet)
+    d = DMD2Discriminator(sdxl)
+    assert locate_bottleneck(sdxl)[0] is unet.mid_block
+    cond = _cond(2, pooled=16, time_ids=torch.zeros(2, 6))
+    feat = d.bottleneck(torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.7]), cond)
+    assert feat.shape == (2, 32, 4, 4)
+    assert d(torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.7]), cond).shape == (2,)
+    assert not unet.mid_block._forward_hooks and not unet.up_blocks[0]._forward_pre_hooks
+
+
+def test_dmd2_head_follows_dmd2_and_copes_with_other_map_sizes():
+    from senseflow.discriminators import DMD2Head
+
+    sdxl_like = DMD2Head(64, 32)  # SDXL@1024: 32x32 bottleneck -> 3 stride-2 blocks to 4x4, then 4x4/4
+    assert len(sdxl_like.downs) == 3 and sdxl_like.kernel == (4, 4)
+    assert sdxl_like.reduce[1].num_groups == 8  # 64 channels: groups of >= 8 (1280 channels -> 32 groups)
+    sd15_like = DMD2Head(16, 8, hidden_channels=24)
+    assert len(sd15_like.downs) == 1 and isinstance(sd15_like.proj, torch.nn.Conv2d)
+    for side in (8, 4, 2, 1, 16):
+        out = sd15_like(torch.randn(3, 16, side, side))
+        assert out.shape == (3,) and torch.isfinite(out).all()
+    feat = torch.randn(2, 64, 32, 32, requires_grad=True)
+    sdxl_like(feat).sum().backward()
+    assert feat.grad.abs().sum() > 0
+
+
+def test_build_discriminator_from_config(dino):
+    from senseflow.config import GANConfig
+
+    fake = _sd3_fake()
+    assert build_discriminator(GANConfig(kind="none"), fake) is None
+    v = build_discriminator(GANConfig(kind="vfm", virtual_batch=2, reference=False), fake, backbone=dino,
+                            image_size=8)
+    assert isinstance(v, VFMDiscriminator) and v.text_dim == 32 and v.heads[0].main[0][1].virtual_batch == 2
+    assert v(_images(2, 1, 8), torch.randn(2, 32), generator=_gen(0)).shape == (2, 5)
+    dm = build_discriminator(GANConfig(kind="dmd2"), fake, latent_size=16)
+    assert isinstance(dm, DMD2Discriminator) and len(dm.head.downs) == 1  # 16 / patch 2 = 8 -> one block
+    assert dm(torch.randn(2, 1, 16, 16), torch.tensor([0.5, 0.5]), _cond(2)).shape == (2,)
+    assert math.isclose(float(v.pixel_std[0, 0, 0, 0]), 0.229, rel_tol=1e-6)

@@ -1,0 +1,117 @@
+"""Presets on tiny models of every family, exact resume, divergence, export/sample through the CLI."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from senseflow import config as C
+from senseflow.cli import main
+from senseflow.components import build_components
+from senseflow.train import checkpoints, train
+
+TINY = ["model.tiny=true", "model.resolution=32", "train.batch_size=2", "eval.metrics=[]",
+        "train.mixed_precision=no", "gan.layers=null", "train.log_every=1"]
+
+
+@pytest.mark.parametrize("preset", ["sd35-large-senseflow", "sd35-large-dmd2", "flux-dev-senseflow", "flux-dev-dmd2",
+                                    "sdxl-senseflow", "sdxl-dmd2"])
+def test_each_preset_runs_three_iterations_on_tiny_models(preset, tmp_path):
+    cfg = C.resolve(preset, TINY + ["train.iterations=3", "optim.ttur=1"])
+    result = train(cfg, tmp_path, build_components(cfg), progress=False)
+    assert result.state == "completed" and result.iteration == 3
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == [1, 2, 3]
+    for r in rows:
+        assert r["gen_step"] == 1.0 and r["loss_fake"] > 0 and "loss_dmd" in r
+        assert ("loss_isg" in r) == cfg.isg.enabled
+    saved = load_file(str(checkpoints(tmp_path)[-1] / "generator.safetensors"))
+    teacher = result.distiller.teacher.state_dict()
+    assert any(not torch.equal(saved[k], teacher[k]) for k in saved if k in teacher)   # the student moved
+    if cfg.model.family == "flux":
+        assert not result.distiller.generator.has_guidance_input                         # student has no guidance
+
+
+def _weights(run_dir):
+    ck = checkpoints(run_dir)[-1]
+    return {n: load_file(str(ck / f"{n}.safetensors")) for n in ("generator", "fake_score", "discriminator")
+            if (ck / f"{n}.safetensors").is_file()}
+
+
+def test_resume_is_bit_identical(tmp_path):
+    over = TINY + ["train.iterations=6", "optim.ttur=2", "train.checkpoint_every=3", "gan.weight=1.0",
+                   "gan.omega=one"]
+    cfg = C.resolve("sd35-large-senseflow", over)
+    comps = build_components(cfg)
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(cfg, straight, comps, progress=False)
+    first = train(cfg, split, build_components(cfg), progress=False, stop_after=3)
+    assert first.state == "stopped" and first.iteration == 3
+    assert json.loads((split / "status.json").read_text())["state"] == "stopped"
+    second = train(cfg, split, build_components(cfg), progress=False)   # a fresh process would do the same
+    assert second.state == "completed" and second.iteration == 6
+    a, b = _weights(straight), _weights(split)
+    assert a.keys() == b.keys() and "discriminator" in a
+    for part in a:
+        for k in a[part]:
+            assert torch.equal(a[part][k], b[part][k]), (part, k)
+    la = (straight / "metrics.jsonl").read_text().splitlines()
+    lb = (split / "metrics.jsonl").read_text().splitlines()
+    strip = lambda ls: [{k: v for k, v in json.loads(x).items() if k != "time"} for x in ls]  # noqa: E731
+    assert strip(la) == strip(lb)
+
+
+def test_divergence_is_detected_and_last_good_checkpoint_kept(tmp_path):
+    cfg = C.resolve("sd35-large-dmd2", TINY + ["train.iterations=8", "train.checkpoint_every=2",
+                                              "train.divergence_patience=2", "optim.ttur=1"])
+    comps = build_components(cfg)
+    real_batch = comps.data.batch
+
+    def poisoned(iteration, batch_size, generator):
+        b = real_batch(iteration, batch_size, generator)
+        if iteration >= 4:
+            b.latents.fill_(float("nan"))
+        return b
+    comps.data.batch = poisoned
+    result = train(cfg, tmp_path, comps, progress=False)
+    assert result.state == "diverged"
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["state"] == "diverged" and "non-finite" in status["reason"]
+    assert checkpoints(tmp_path)[-1].name == "iter_0000004"
+    for t in _weights(tmp_path)["generator"].values():
+        assert torch.isfinite(t).all()
+
+
+def test_train_refuses_a_different_config_in_the_same_folder(tmp_path):
+    cfg = C.resolve("sd35-large-dmd2", TINY + ["train.iterations=1"])
+    train(cfg, tmp_path, build_components(cfg), progress=False)
+    other = C.resolve("sd35-large-dmd2", TINY + ["train.iterations=1", "ida.lam=0.5"])
+    with pytest.raises(C.ConfigError, match="different config"):
+        train(other, tmp_path, build_components(other), progress=False)
+
+
+def test_cli_train_sample_export_roundtrip(tmp_path, capsys):
+    from diffusers import SD3Transformer2DModel
+
+    run = tmp_path / "run"
+    args = ["train", "sd35-large-senseflow", *TINY, "train.iterations=2", "optim.ttur=1",
+            f"output.root={tmp_path}", "--run-dir", str(run), "--no-progress"]
+    assert main(args) == 0
+    assert json.loads((run / "status.json").read_text())["state"] == "completed"
+    assert main(["sample", str(run), "-p", "a red square", "-p", "a blue circle", "--n", "3",
+                 "--sampler", "euler", "--out", str(tmp_path / "s.png")]) == 0
+    from PIL import Image
+
+    im = Image.open(tmp_path / "s.png")
+    assert im.size[0] > im.size[1] > 0
+    assert main(["export", str(run), str(tmp_path / "student")]) == 0
+    exported = SD3Transformer2DModel.from_pretrained(tmp_path / "student" / "transformer")
+    saved = load_file(str(checkpoints(run)[-1] / "generator.safetensors"))
+    sd = exported.state_dict()
+    assert all(torch.equal(sd[k.removeprefix("backbone.")], v) for k, v in saved.items())
+    info = json.loads((tmp_path / "student" / "senseflow.json").read_text())
+    assert info["anchor_indices"] == [999, 749, 499, 249]
+    capsys.readouterr()
+    assert main(["sample", str(tmp_path / "nothing-here"), "-p", "x"]) == 2
+    assert "neither a run folder" in capsys.readouterr().err
