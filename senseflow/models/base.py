@@ -168,9 +168,9 @@ class IdentityCodec(LatentCodec):
 class ModelBundle:
     """Everything a run needs from one model family, built together so the shapes agree.
 
-    sigma_table: the family's 1000-entry training-time table (index 0 least noisy, index 999 = 1.0)
-    in which anchors, DMD index ranges and ISG margins are expressed (flow.sigma_table for SD3/FLUX,
-    the DDPM alphas_cumprod converted to sigma for SDXL).
+    sigma_table: the family's 1000-entry training-time table (index 0 least noisy, index 999 = 1.0 for the
+    flow families; SDXL's DDPM chain ends at ~0.936) in which anchors, DMD index ranges and ISG margins are
+    expressed (flow.sigma_table for SD3/FLUX, the DDPM alphas_cumprod converted to sigma for SDXL).
     latent_shape: (C, H, W) of the latents at the configured resolution.
     """
 

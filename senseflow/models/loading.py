@@ -144,7 +144,9 @@ def resolve_source(family: str, source: str | os.PathLike, *, with_t5: bool = Tr
         try:
             from huggingface_hub import snapshot_download
 
-            root = Path(snapshot_download(repo_id=text, revision=revision, local_files_only=not allow_download))
+            wanted = [f"{n}/*" for n in names] + ["scheduler/*", "model_index.json"]  # not the single-file checkpoints
+            root = Path(snapshot_download(repo_id=text, revision=revision, allow_patterns=wanted,
+                                          local_files_only=not allow_download))
         except Exception as err:  # not cached, offline, invalid id, gated: all the same to the caller
             how = "downloads are off" if not allow_download else f"the download failed: {err}"
             raise _not_available(family, text, "the model is", f"not in the Hugging Face cache {_hub_cache()} and "

@@ -95,7 +95,7 @@ class SD3TextEncoder(FrozenTextEncoder):
         prompts = self._check_prompts(prompts)
         h1, p1 = self._clip(self.text_encoder, self.tokenizer, prompts)
         h2, p2 = self._clip(self.text_encoder_2, self.tokenizer_2, prompts)
-        clip = torch.cat([h2, h1.to(h2.dtype)], dim=-1)
+        clip = torch.cat([h1, h2.to(h1.dtype)], dim=-1)
         if self.text_encoder_3 is not None:
             ids = _token_ids(self.tokenizer_3, prompts, self.max_sequence_length)
             t5 = self.text_encoder_3(ids.to(_module_device(self.text_encoder_3)))[0]
