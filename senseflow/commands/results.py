@@ -1,0 +1,130 @@
+"""`senseflow results sync | query | table | plots`: the DuckDB store and what is built from it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import typer
+
+from senseflow.errors import UserError
+
+app = typer.Typer(no_args_is_help=True)
+
+ROOT_HELP = "results root (holds runs/<grid>/<run_id>/ and senseflow.duckdb)"
+
+
+def _db(root: Path, db: Path | None) -> Path:
+    return Path(db) if db else Path(root) / "senseflow.duckdb"
+
+
+@app.command()
+def sync(root: Path = typer.Option(Path("results"), help=ROOT_HELP), db: Path = typer.Option(None)):
+    """Build or refresh the DuckDB file from the run folders (idempotent; the file can be deleted)."""
+    from evals.store import sync as do_sync
+
+    counts = do_sync(root, _db(root, db))
+    typer.echo(" ".join(f"{k}={v}" for k, v in counts.items()))
+
+
+@app.command()
+def query(sql: str = typer.Argument(..., help="read-only SQL over tables runs, train_metrics, eval_metrics"),
+          root: Path = typer.Option(Path("results"), help=ROOT_HELP), db: Path = typer.Option(None),
+          fmt: str = typer.Option("table", "--format", help="table | csv | json")):
+    """Run a read-only query and print the rows."""
+    from evals.store import query as do_query
+
+    path = _db(root, db)
+    if not path.is_file():
+        raise UserError(f"no database at {path}; run `senseflow results sync` first")
+    try:
+        cols, rows = do_query(path, sql)
+    except Exception as e:  # duckdb parser/binder errors are the user's SQL
+        if type(e).__module__.startswith("duckdb"):
+            raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
+        raise
+    if fmt == "json":
+        typer.echo(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
+    elif fmt == "csv":
+        import csv
+        import sys
+
+        w = csv.writer(sys.stdout)
+        w.writerow(cols)
+        w.writerows(rows)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(*cols)
+        for r in rows:
+            t.add_row(*[f"{v:.4g}" if isinstance(v, float) else str(v) for v in r])
+        Console().print(t)
+
+
+@app.command()
+def table(grid: str = typer.Argument(..., help="grid name (output.grid)"),
+          metrics: list[str] = typer.Option(None, "--metric", "-m", help="columns, in order (default: all)"),
+          root: Path = typer.Option(Path("results"), help=ROOT_HELP), db: Path = typer.Option(None),
+          label: str = typer.Option("final"), sync_first: bool = typer.Option(True, "--sync/--no-sync")):
+    """The ablation table: rows = configurations, mean and 95% interval over seeds, best marked.
+
+    Written as Markdown, LaTeX and CSV to <root>/tables/ and printed."""
+    from evals.store import sync as do_sync
+    from evals.tables import build_ablation_table
+
+    path = _db(root, db)
+    if sync_first:
+        do_sync(root, path)
+    try:
+        files = build_ablation_table(path, grid, metrics or None, out_dir=Path(root) / "tables", label=label)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    typer.echo(files.markdown)
+    typer.echo("written: " + ", ".join(str(p) for p in files.values()))
+
+
+@app.command()
+def plots(grid: str = typer.Argument(..., help="grid name (output.grid)"),
+          root: Path = typer.Option(Path("results"), help=ROOT_HELP), db: Path = typer.Option(None),
+          train_metrics: list[str] = typer.Option(["loss_dmd", "loss_fake", "loss_isg", "grad_norm_g"], "--train-metric"),
+          sync_first: bool = typer.Option(True, "--sync/--no-sync")):
+    """Training curves per configuration (seed bands) and a teacher-vs-configurations sample grid."""
+    from evals.metrics import SampleSet
+    from evals.plots import plot_metric_curves, plot_sample_grid
+    from evals.store import query as do_query
+    from evals.store import sync as do_sync
+
+    path = _db(root, db)
+    if sync_first:
+        do_sync(root, path)
+    out_dir = Path(root) / "plots"
+    written = []
+    _, present = do_query(path, "select distinct name from train_metrics t join runs r using (run_id) where r.grid = ?",
+                          [grid])
+    names = {n for (n,) in present}
+    for m in train_metrics:
+        if m in names:
+            written.append(plot_metric_curves(path, grid, m, source="train", out_dir=out_dir, smooth=3))
+    _, evals = do_query(path, "select distinct e.name from eval_metrics e join runs r using (run_id) "
+                              "where r.grid = ? and e.label != 'final'", [grid])
+    for (m,) in evals:
+        written.append(plot_metric_curves(path, grid, m, source="eval", out_dir=out_dir))
+    # sample grid: the teacher, then one run (lowest seed) per configuration, same prompts and seeds
+    _, runs = do_query(path, "select variant, seed, run_dir from runs where grid = ? and state = 'completed' "
+                             "order by variant, seed", [grid])
+    columns: dict[str, SampleSet] = {}
+    for variant, _seed, run_dir in runs:
+        preview = Path(run_dir) / "eval_samples" / "preview"
+        teacher = Path(run_dir) / "eval_samples" / "teacher_preview"
+        if "teacher" not in columns and (teacher / "manifest.jsonl").is_file():
+            columns["teacher"] = SampleSet.load(teacher)
+        if variant not in columns and (preview / "manifest.jsonl").is_file():
+            columns[variant] = SampleSet.load(preview)
+    if len(columns) > 1:
+        written.append(plot_sample_grid(columns, n=10, out_path=out_dir / f"{grid}_samples.png", cell_px=64,
+                                        label_px=220))
+    if not written:
+        raise UserError(f"nothing to plot for grid {grid!r}: no runs of it in {path}")
+    for p in written:
+        typer.echo(f"wrote {p}")
