@@ -225,9 +225,11 @@ class RunConfig(_Strict):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def identity_hash(self) -> str:
-        """Hash of everything that changes the result (the output location does not)."""
+        """Hash of everything that changes the trained student: the output location and the evaluation
+        settings do not (re-evaluating a run with other metrics reuses its training)."""
         d = self.to_dict()
         d.pop("output", None)
+        d.pop("eval", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 

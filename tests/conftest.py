@@ -21,6 +21,10 @@ def _slurm_state() -> tuple[bool, str]:
     if shutil.which("sinfo") is None:
         return False, "sinfo is not on PATH (start the test cluster: bash slurm/ci-up.sh)"
     try:
+        ping = subprocess.run(["scontrol", "ping"], capture_output=True, text=True, timeout=15)
+        if "UP" not in ping.stdout:  # instant, where sinfo would retry for ~10 s
+            line = (ping.stdout or ping.stderr).strip().splitlines()
+            return False, f"{line[0] if line else 'scontrol ping failed'}; start the test cluster: bash slurm/ci-up.sh"
         r = subprocess.run(["sinfo", "-h", "-o", "%P %t"], capture_output=True, text=True, timeout=15)
     except (OSError, subprocess.SubprocessError) as e:
         return False, f"sinfo failed ({e}); start the test cluster: bash slurm/ci-up.sh"
