@@ -40,6 +40,9 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, distiller, components, *, 
         results[sampler] = metrics
     record_eval(run_dir, iteration=iteration, label=label, metrics=metrics_all, intervals=intervals_all,
                 num_samples=n, checkpoint=f"checkpoints/iter_{iteration:07d}")
+    after = components.extra.get("after_eval")
+    if after is not None:
+        after(distiller, run_dir)
     return results
 
 

@@ -1,0 +1,170 @@
+"""`senseflow world ...`: build the embedded worlds. Registered by senseflow.cli as the `world` group.
+
+    senseflow world digits build [--cache-dir DIR] [--quick] [--set teacher.steps=3000 ...] [--grids-to DIR]
+    senseflow world digits teacher [--cache-dir DIR] [--quick] [--set ...]
+    senseflow world digits bench [--threads 1 --threads 2] [--set bench.disc_layers=[1,3] ...]
+    senseflow world digits show-config [--quick] [--set ...]
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+app = typer.Typer(help="Build the embedded worlds.", no_args_is_help=True)
+digits_app = typer.Typer(help="The digits world: sklearn 8x8 digits, MiniLM prompts, a small SD3 teacher.",
+                         no_args_is_help=True)
+app.add_typer(digits_app, name="digits")
+
+_CACHE_HELP = "senseflow cache root (default $SENSEFLOW_CACHE, else ./.cache/senseflow)"
+_SET_HELP = "dotted config override, repeatable, e.g. --set teacher.steps=3000 --set sampling.cfg_scale=2"
+
+
+def _config(quick: bool, overrides: list[str] | None):
+    from senseflow.errors import UserError
+    from senseflow.worlds.digits import DigitsWorldConfig
+
+    cfg = DigitsWorldConfig.quick() if quick else DigitsWorldConfig()
+    try:
+        return cfg.with_overrides(overrides or [])
+    except (KeyError, ValueError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+        raise UserError(f"digits world config: {msg}") from None
+
+
+def _fmt_fid(d: dict | None) -> str:
+    if not d:
+        return "-"
+    if d.get("low") is None:
+        return f"{d['value']:.2f}"
+    return f"{d['value']:.2f} [{d['low']:.2f}, {d['high']:.2f}]"
+
+
+def _pct(x) -> str:
+    return "-" if x is None else f"{100 * x:.1f}%"
+
+
+def _bench_rows(t: Table, b: dict) -> None:
+    t.add_row(f"DMD iteration, batch {b['batch_size']}, {b['threads']} thread(s): G step / critic-only / TTUR-5 mean",
+              f"{b['full_ms']:.0f} / {b['critic_ms']:.0f} / {b['ttur5_ms']:.0f} ms", "<= ~100 ms")
+    t.add_row(f"  ... G step with ISG; D = {b['discriminator']}", f"{b['full_isg_ms']:.0f} ms", "")
+    if "full_no_disc_ms" in b:
+        t.add_row("  ... without the discriminator: G step / critic-only / TTUR-5 mean",
+                  f"{b['full_no_disc_ms']:.0f} / {b['critic_no_disc_ms']:.0f} / {b['ttur5_no_disc_ms']:.0f} ms", "")
+
+
+def figures_table(figures: dict) -> Table:
+    """The issue-3 figures as a rich table (target column says what each must reach)."""
+    t = Table(title=f"digits world {figures.get('config_hash', '')}", show_lines=False)
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    t.add_column("target")
+    te, fl, base = figures["teacher"], figures["teacher_floor"], figures["baseline_4step"]
+    t.add_row("classifier held-out accuracy", _pct(figures["classifier_held_out_accuracy"]), ">= 97%")
+    t.add_row("backbone linear-probe accuracy (held-out)", _pct(figures.get("backbone_linear_probe_accuracy")),
+              "(quality of the D backbone)")
+    t.add_row(f"teacher params", f"{te['params']:,}", "")
+    t.add_row(f"teacher {te['steps']}-step Euler+CFG {te['cfg_scale']}: prompt accuracy (held-out templates)",
+              _pct(te["prompt_accuracy"]), ">= 90%")
+    t.add_row("teacher FID vs held-out real [95% CI]", _fmt_fid(te["fid_real"]), "reported")
+    t.add_row("real floor: FID train vs held-out real", _fmt_fid(figures["real_floor"]["fid_train_vs_held_out"]), "")
+    t.add_row("teacher floor: FID between two teacher sample sets", _fmt_fid(fl["fid_t"]), "reported")
+    sig = ", ".join(f"{s:.3g}" for s in base["sigmas"])
+    t.add_row(f"do-nothing baseline (teacher at anchors {sig}): FID-T", _fmt_fid(base["fid_t"]),
+              "every student beats it")
+    t.add_row("do-nothing baseline: prompt accuracy", _pct(base["prompt_accuracy"]), "")
+    t.add_row("do-nothing baseline: FID vs held-out real", _fmt_fid(base["fid_real"]), "")
+    t.add_row("teacher / baseline per-prompt diversity", f"{te['diversity']:.2f} / {base['diversity']:.2f}", "")
+    for b in figures.get("dmd_iteration", []):
+        _bench_rows(t, b)
+    s = figures.get("build_seconds", {})
+    if s:
+        parts = ", ".join(f"{k} {v:.0f}s" for k, v in s.items() if isinstance(v, (int, float)) and
+                          not isinstance(v, bool) and k != "total")
+        label = "build from nothing" if s.get("from_nothing") else "first build (part cached)"
+        t.add_row(f"{label} ({parts})", f"{s.get('total', float('nan')):.0f} s", "< 10 min on 2 cores")
+    return t
+
+
+@digits_app.command("build")
+def build(cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
+          quick: bool = typer.Option(False, "--quick", help="shortened schedule (smoke runs; not the world's figures)"),
+          overrides: list[str] = typer.Option(None, "--set", help=_SET_HELP),
+          grids_to: Path = typer.Option(None, "--grids-to", help="also write the per-digit sample grids here"),
+          progress: bool = typer.Option(True, "--progress/--no-progress")):
+    """Build (or load) every artifact, print the figures and write a sample grid PNG per digit."""
+    from senseflow.worlds.digits import build_world, save_sample_grids
+
+    console = Console()
+    cfg = _config(quick, overrides)
+    t0 = time.perf_counter()
+    world = build_world(cfg, cache_dir=cache_dir, progress=progress)
+    elapsed = time.perf_counter() - t0
+    console.print(figures_table(world.figures))
+    built = sorted(k for k, v in world.provenance.items() if v != "loaded")
+    console.print(f"world: {world.directory}")
+    console.print(f"built in this call: {', '.join(built) or 'nothing (all cached)'}; build_world took {elapsed:.1f} s")
+    grid_dir = world.directory / "samples"
+    if grids_to is not None:
+        save_sample_grids(world.reference.samples, world.reference.labels, grids_to)
+        grid_dir = grids_to
+    console.print(f"sample grids: {grid_dir}/digit_<0..9>.png, {grid_dir}/overview.png")
+
+
+@digits_app.command("teacher")
+def teacher(cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
+            quick: bool = typer.Option(False, "--quick", help="shortened schedule"),
+            overrides: list[str] = typer.Option(None, "--set", help=_SET_HELP),
+            progress: bool = typer.Option(True, "--progress/--no-progress")):
+    """Train (or load) only the teacher; print where it and its loss curve are."""
+    from senseflow.worlds.digits import build_teacher
+
+    console = Console()
+    cfg = _config(quick, overrides)
+    t0 = time.perf_counter()
+    model, _, _, directory, provenance = build_teacher(cfg, cache_dir=cache_dir, progress=progress)
+    n = sum(p.numel() for p in model.parameters())
+    console.print(f"teacher ({provenance['teacher']}, {n:,} parameters, {time.perf_counter() - t0:.1f} s): "
+                  f"{directory / 'teacher'}")
+    if (directory / "teacher_loss.png").exists():
+        console.print(f"loss curve: {directory / 'teacher_loss.png'}")
+
+
+@digits_app.command("bench")
+def bench(cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
+          quick: bool = typer.Option(False, "--quick", help="shortened schedule"),
+          overrides: list[str] = typer.Option(None, "--set", help=_SET_HELP),
+          threads: list[int] = typer.Option(None, "--threads",
+                                            help="torch threads (repeatable; default bench.threads)")):
+    """Time the stand-in DMD iteration on the (built) world again; prints, writes nothing."""
+    from senseflow.worlds.digits import build_world
+    from senseflow.worlds.digits.bench import time_dmd_iteration
+
+    console = Console()
+    cfg = _config(quick, overrides)
+    world = build_world(cfg, cache_dir=cache_dir, progress=True)
+    b = cfg.bench
+    t = Table(title="stand-in DMD iteration")
+    t.add_column("figure")
+    t.add_column("value", justify="right")
+    t.add_column("target")
+    for n in threads or b.threads:
+        _bench_rows(t, time_dmd_iteration(world.teacher, world.text_encoder, world.backbone_dir, world.train,
+                                          world.anchors, batch_size=b.batch_size, iterations=b.iterations, threads=n,
+                                          cfg_scale=cfg.sampling.cfg_scale, disc_layers=b.disc_layers,
+                                          disc_reference=b.disc_reference))
+    console.print(t)
+
+
+@digits_app.command("show-config")
+def show_config(quick: bool = typer.Option(False, "--quick"),
+                overrides: list[str] = typer.Option(None, "--set", help=_SET_HELP)):
+    """Print the resolved config and its hash (the cache key)."""
+    import json
+
+    cfg = _config(quick, overrides)
+    Console().print_json(json.dumps({"hash": cfg.config_hash(), "config": cfg.model_dump(mode="json")}))

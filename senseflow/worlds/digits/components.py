@@ -1,0 +1,119 @@
+"""The digits world as run components: data source, discriminator, renderer and evaluator."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from senseflow.config import RunConfig
+from senseflow.distill import Batch
+from senseflow.train import Components
+
+PREVIEW_PROMPTS = 10   # one held-out prompt per digit in the sample grids
+PREVIEW_SEEDS = 6
+
+
+class DigitsDataSource:
+    """Training images with training-template prompts, drawn with the iteration's generator."""
+
+    def __init__(self, world):
+        self.world = world
+
+    @torch.no_grad()
+    def batch(self, iteration: int, batch_size: int, generator: torch.Generator) -> Batch:
+        b = self.world.sample_batch(batch_size, generator, split="train")
+        return Batch(b.images, b.images, self.world.encode(list(b.prompts)), list(b.prompts))
+
+
+def _render(x: torch.Tensor) -> np.ndarray:
+    from senseflow.components import to_uint8
+
+    return to_uint8(x)
+
+
+def _preview_prompts(world) -> list[str]:
+    ref = world.reference
+    seen: dict[int, str] = {}
+    for p, label in zip(ref.prompts, ref.labels.tolist()):
+        seen.setdefault(int(label), p)
+    return [seen[k] for k in sorted(seen)][:PREVIEW_PROMPTS]
+
+
+def make_evaluator(world):
+    """(distiller, cfg, sampler, progress) -> (metrics, intervals, num_samples) on the world's reference
+    prompts and seeds, so FID-T pairs each student sample with the teacher's on the same prompt and noise."""
+    from evals.digits import evaluate_samples
+
+    def evaluate(distiller, cfg: RunConfig, sampler: str, progress: bool):
+        ref = world.reference
+        n = min(cfg.eval.num_samples, len(ref))
+        if n < len(ref):
+            raise ValueError(f"eval.num_samples={cfg.eval.num_samples} is below the world's {len(ref)} reference "
+                             "samples; FID-T needs the full reference set (set eval.num_samples >= that)")
+        images = []
+        bs = cfg.eval.batch_size
+        g = torch.Generator().manual_seed(cfg.eval.seed)
+        for i in range(0, len(ref), bs):
+            prompts = ref.prompts[i:i + bs]
+            cond = world.encode(list(prompts)).to(distiller.device)
+            x = distiller.sample(cond, ref.noise[i:i + bs].to(distiller.device), sampler, generator=g)
+            images.append(x.float().cpu())
+        images = torch.cat(images).clamp(-1, 1)
+        res = evaluate_samples(images, world)
+        metrics, intervals = {}, {}
+        for k, v in res.items():
+            if isinstance(v, dict):
+                metrics[k] = v["value"]
+                if v.get("low") is not None:
+                    intervals[k] = (v["low"], v["high"])
+            else:
+                metrics[k] = float(v)
+        return metrics, intervals, len(ref)
+    return evaluate
+
+
+def write_previews(world, distiller, cfg: RunConfig, run_dir) -> None:
+    """Small sample sets for the teacher-vs-configurations grid (same prompts and seeds in every run)."""
+    from pathlib import Path
+
+    from evals.metrics import SampleSet
+
+    prompts = [p for p in _preview_prompts(world) for _ in range(PREVIEW_SEEDS)]
+    seeds = [s for _ in _preview_prompts(world) for s in range(PREVIEW_SEEDS)]
+    noise = torch.stack([torch.randn(world.bundle.latent_shape, generator=torch.Generator().manual_seed(10_000 + s))
+                         for s in seeds])
+    cond = world.encode(prompts).to(distiller.device)
+    student = distiller.sample(cond, noise.to(distiller.device), cfg.generator.sampler,
+                               generator=torch.Generator().manual_seed(cfg.eval.seed)).float().cpu()
+    teacher = world.sample_teacher(prompts, noise)
+    root = Path(run_dir) / "eval_samples"
+    for name, imgs, model in (("preview", student, cfg.name), ("teacher_preview", teacher, "teacher")):
+        SampleSet.from_arrays(root / name, _render(imgs.clamp(-1, 1)), prompts, seeds, model=model,
+                              steps=len(cfg.generator.anchor_indices) if name == "preview" else 50,
+                              sampler=cfg.generator.sampler if name == "preview" else "euler")
+
+
+def digits_components(cfg: RunConfig, progress: bool = True) -> Components:
+    from senseflow.components import make_discriminator_factory
+    from senseflow.errors import UserError
+    from senseflow.worlds.digits import DigitsWorldConfig, build_world
+
+    # model.teacher names the world's configuration: "" (the default world) or "quick" (tests, smoke runs)
+    worlds = {"": None, "default": None, "quick": DigitsWorldConfig.quick}
+    if cfg.model.teacher not in worlds:
+        raise UserError(f"model.teacher={cfg.model.teacher!r} is not a digits world; use '' (the default world) "
+                        "or 'quick' (a shortened schedule for tests)")
+    make = worlds[cfg.model.teacher]
+    world = build_world(make() if make else None, progress=progress, figures=make is None, grids=make is None)
+    bundle = world.bundle
+    backbone = None
+    if cfg.gan.kind == "vfm":
+        backbone = world.load_backbone() if cfg.gan.backbone == "digits-vit" else cfg.gan.backbone
+    pooled = bundle.text_encoder.encode([""]).pooled.shape[-1]
+    return Components(
+        bundle=bundle, data=DigitsDataSource(world),
+        make_discriminator=make_discriminator_factory(cfg, backbone, pooled, bundle.latent_shape[-1],
+                                                      bundle.latent_shape[-2:]),
+        render=_render, sample_prompts=_preview_prompts(world),
+        extra={"evaluate": make_evaluator(world), "world": world,
+               "after_eval": lambda distiller, run_dir: write_previews(world, distiller, cfg, run_dir)})

@@ -1,0 +1,149 @@
+"""Data and prompts of the digits world.
+
+Images: scikit-learn's bundled handwritten digits (1797 images, 8x8, values 0..16), as float32 tensors
+(N, 1, 8, 8) in [-1, 1]. A fixed, stratified train / held-out split (seeded).
+Prompts: training templates and held-out templates (different wordings, used only for evaluation), each
+written with the digit as a word ("seven") or a numeral ("7").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+Tensor = torch.Tensor
+
+IMAGE_SHAPE = (1, 8, 8)
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+# {w}: the digit as a word, {n}: as a numeral.
+TRAIN_TEMPLATES = (
+    "a handwritten {w}",
+    "the digit {n}",
+    "a drawing of the number {w}",
+    "the number {n}",
+    "digit {w}",
+    "a hand-drawn {n}",
+    "an image of the digit {w}",
+    "{n}",
+    "the numeral {w}",
+    "a picture of a {n}",
+    "{w}",
+    "handwriting of the number {n}",
+)
+HELD_OUT_TEMPLATES = (
+    "a sketch of the digit {w}",
+    "the number {w}, written by hand",
+    "a handwritten {n}",
+    "someone wrote a {w}",
+    "a photo of the numeral {n}",
+)
+UNCONDITIONAL_PROMPT = ""
+
+
+def prompt_for(template: str, digit: int) -> str:
+    return template.format(w=DIGIT_WORDS[digit], n=digit)
+
+
+def train_prompts(digit: int) -> list[str]:
+    return [prompt_for(t, digit) for t in TRAIN_TEMPLATES]
+
+
+def held_out_prompts(digit: int) -> list[str]:
+    return [prompt_for(t, digit) for t in HELD_OUT_TEMPLATES]
+
+
+def all_prompts() -> list[str]:
+    """Every prompt the world uses, the unconditional "" first (the finite set the text cache holds)."""
+    out = [UNCONDITIONAL_PROMPT]
+    for d in range(10):
+        out += train_prompts(d) + held_out_prompts(d)
+    return out
+
+
+def held_out_prompt_cycle() -> tuple[list[str], list[int]]:
+    """The held-out prompts in evaluation order: template-major, digit-minor, so any prefix of a cycle of
+    length 10 k is balanced over digits. Returns (prompts, labels)."""
+    prompts, labels = [], []
+    for t in HELD_OUT_TEMPLATES:
+        for d in range(10):
+            prompts.append(prompt_for(t, d))
+            labels.append(d)
+    return prompts, labels
+
+
+def load_images() -> tuple[Tensor, Tensor]:
+    """All 1797 digits: images (N, 1, 8, 8) float32 in [-1, 1] and labels (N,) int64."""
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.as_tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 8.0 - 1.0  # 0..16 -> -1..1
+    labels = torch.as_tensor(bunch.target, dtype=torch.int64)
+    return images, labels
+
+
+def stratified_split(labels: Tensor, held_out_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices (train, held_out): round(fraction * n_d) of each digit d held out, chosen by a seeded shuffle."""
+    g = torch.Generator().manual_seed(seed)
+    train, held = [], []
+    for d in range(10):
+        idx = torch.nonzero(labels == d).flatten()
+        idx = idx[torch.randperm(len(idx), generator=g)]
+        k = round(held_out_fraction * len(idx))
+        held.append(idx[:k])
+        train.append(idx[k:])
+    return torch.cat(train).sort().values, torch.cat(held).sort().values
+
+
+@dataclass
+class DigitsBatch:
+    """images (B, 1, 8, 8) in [-1, 1]; prompts: B strings; labels (B,) int64."""
+
+    images: Tensor
+    prompts: list[str]
+    labels: Tensor
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+
+@dataclass
+class DigitsSplit:
+    """One split: images (N, 1, 8, 8) in [-1, 1], labels (N,), and one fixed prompt per image (the split's
+    templates taken in turn, so each image's prompt is reproducible)."""
+
+    images: Tensor
+    labels: Tensor
+    prompts: list[str]
+    templates: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def sample(self, batch_size: int, generator: torch.Generator) -> DigitsBatch:
+        """A random batch (with replacement) of (image, prompt, label), each prompt a random template of the
+        split for that image's digit. Everything random comes from `generator`."""
+        idx = torch.randint(len(self), (batch_size,), generator=generator)
+        tpl = torch.randint(len(self.templates), (batch_size,), generator=generator)
+        labels = self.labels[idx]
+        prompts = [prompt_for(self.templates[t], int(d)) for t, d in zip(tpl.tolist(), labels.tolist())]
+        return DigitsBatch(self.images[idx], prompts, labels)
+
+
+@dataclass
+class DigitsData:
+    train: DigitsSplit
+    held_out: DigitsSplit
+
+    @classmethod
+    def load(cls, held_out_fraction: float, split_seed: int) -> "DigitsData":
+        images, labels = load_images()
+        tr, ho = stratified_split(labels, held_out_fraction, split_seed)
+
+        def split(idx: Tensor, templates: tuple[str, ...]) -> DigitsSplit:
+            lab = labels[idx]
+            prompts = [prompt_for(templates[i % len(templates)], int(d)) for i, d in enumerate(lab.tolist())]
+            return DigitsSplit(images[idx].contiguous(), lab, prompts, templates)
+
+        return cls(split(tr, TRAIN_TEMPLATES), split(ho, HELD_OUT_TEMPLATES))
