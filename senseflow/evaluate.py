@@ -15,7 +15,7 @@ from senseflow.errors import UserError
 
 
 def evaluate_run(cfg: RunConfig, run_dir: str | Path, distiller, components, *, progress: bool = True,
-                 label: str = "final", iteration: int | None = None) -> dict[str, dict]:
+                 label: str = "final", iteration: int | None = None, previews: bool = True) -> dict[str, dict]:
     """Evaluate every configured sampler; metric names get a '@euler' suffix for the Euler sampler."""
     from evals.store import record_eval
 
@@ -41,7 +41,7 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, distiller, components, *, 
     record_eval(run_dir, iteration=iteration, label=label, metrics=metrics_all, intervals=intervals_all,
                 num_samples=n, checkpoint=f"checkpoints/iter_{iteration:07d}")
     after = components.extra.get("after_eval")
-    if after is not None:
+    if after is not None and previews:
         after(distiller, run_dir)
     return results
 

@@ -242,6 +242,11 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
             if done % cfg.train.checkpoint_every == 0 and done < cfg.train.iterations:
                 save_checkpoint(run_dir, distiller, done, cfg.train.keep_checkpoints)
                 write_status(run_dir, cfg, run_id, state="running", iteration=done)
+            if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.iterations:
+                from senseflow.evaluate import evaluate_run
+
+                evaluate_run(cfg, run_dir, distiller, components, progress=False, label=f"iter_{done}",
+                             iteration=done, previews=False)
             if cfg.train.sample_every and done % cfg.train.sample_every == 0:
                 grid = sample_grid(distiller, components, cfg)
                 if grid is not None:
