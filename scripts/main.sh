@@ -8,6 +8,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 PYTHONUNBUFFERED=1
 SF=.venv/bin/senseflow
 GRID=${GRID:-experiments/digits/ablation.yaml}
 $SF world digits build
+$SF world digits baselines --grid digits-ablation
 $SF grid run "$GRID" --executor local
 $SF results table digits-ablation
 $SF results plots digits-ablation

@@ -168,3 +168,17 @@ def show_config(quick: bool = typer.Option(False, "--quick"),
 
     cfg = _config(quick, overrides)
     Console().print_json(json.dumps({"hash": cfg.config_hash(), "config": cfg.model_dump(mode="json")}))
+
+
+@digits_app.command("baselines")
+def baselines(grid: str = typer.Option(..., "--grid", help="grid name whose table gets the reference rows"),
+              root: Path = typer.Option(Path("results"), help="results root (holds runs/)"),
+              cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP)):
+    """Record the world's reference rows (teacher 50 steps, teacher at the 4 anchors) in a grid's results,
+    so the ablation table shows what every student is compared with."""
+    from senseflow.worlds.digits import build_world
+    from senseflow.worlds.digits.components import record_reference_rows
+
+    world = build_world(cache_dir=cache_dir, progress=False)
+    for path in record_reference_rows(world, root / "runs", grid):
+        typer.echo(f"recorded {path}")

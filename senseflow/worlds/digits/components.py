@@ -117,3 +117,51 @@ def digits_components(cfg: RunConfig, progress: bool = True) -> Components:
         render=_render, sample_prompts=_preview_prompts(world),
         extra={"evaluate": make_evaluator(world), "world": world,
                "after_eval": lambda distiller, run_dir: write_previews(world, distiller, cfg, run_dir)})
+
+
+REFERENCE_ROWS = {
+    "teacher-50": ("Teacher, 50 Euler steps (2nd sample set: the floor)", "teacher_floor"),
+    "teacher-4": ("Teacher, 4 Euler steps at the anchors (do nothing)", "baseline_4step"),
+}
+
+
+def record_reference_rows(world, runs_root, grid: str) -> list:
+    """Write run folders (state completed) holding the world's own figures, so tables list them as rows.
+
+    Their ids are fixed per world, so calling this again overwrites the same folders."""
+    from pathlib import Path
+
+    from evals.store import record_eval, write_json_atomic
+
+    figs = world.figures
+    out = []
+    for key, (name, section) in REFERENCE_ROWS.items():
+        sec = figs.get(section)
+        if not sec:
+            continue
+        metrics, intervals = {}, {}
+        for metric, src in (("fid_t", "fid_t"), ("fid", "fid_real"), ("prompt_accuracy", "prompt_accuracy"),
+                            ("diversity", "diversity")):
+            v = sec.get(src)
+            if isinstance(v, dict):
+                metrics[metric] = v["value"]
+                if v.get("low") is not None:
+                    intervals[metric] = [v["low"], v["high"]]
+            elif v is not None:
+                metrics[metric] = float(v)
+        if section == "teacher_floor":  # the 50-step teacher's own figures, except FID-T which is the floor
+            teacher = figs.get("teacher", {})
+            for metric, src in (("fid", "fid_real"), ("diversity", "diversity")):
+                v = teacher.get(src)
+                metrics[metric] = v["value"] if isinstance(v, dict) else v
+                if isinstance(v, dict) and v.get("low") is not None:
+                    intervals[metric] = [v["low"], v["high"]]
+        run_dir = Path(runs_root) / grid / f"{key}-{world.config.config_hash()}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(run_dir / "status.json", {"run_id": run_dir.name, "grid": grid, "variant": name, "seed": 0,
+                                                    "state": "completed", "reason": "", "method": "reference"})
+        (run_dir / "config.yaml").write_text(f"name: {name}\nmethod: reference\nworld: {world.config.config_hash()}\n")
+        record_eval(run_dir, iteration=0, label="final", metrics=metrics, intervals=intervals,
+                    num_samples=int(figs.get("num_reference_samples", 0)), checkpoint="")
+        out.append(run_dir)
+    return out
