@@ -122,8 +122,14 @@ def plots(grid: str = typer.Argument(..., help="grid name (output.grid)"),
         if variant not in columns and (preview / "manifest.jsonl").is_file():
             columns[variant] = SampleSet.load(preview)
     if len(columns) > 1:
-        written.append(plot_sample_grid(columns, n=10, out_path=out_dir / f"{grid}_samples.png", cell_px=64,
-                                        label_px=220))
+        first = next(iter(columns.values()))
+        keys, seen = [], set()
+        for prompt, seed in ((s.prompt, s.seed) for s in first):  # one row per prompt, its first seed
+            if prompt not in seen:
+                seen.add(prompt)
+                keys.append((prompt, seed))
+        written.append(plot_sample_grid(columns, keys=keys[:12], out_path=out_dir / f"{grid}_samples.png",
+                                        cell_px=64, label_px=220))
     if not written:
         raise UserError(f"nothing to plot for grid {grid!r}: no runs of it in {path}")
     for p in written:

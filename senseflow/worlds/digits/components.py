@@ -160,7 +160,10 @@ def record_reference_rows(world, runs_root, grid: str) -> list:
         run_dir.mkdir(parents=True, exist_ok=True)
         write_json_atomic(run_dir / "status.json", {"run_id": run_dir.name, "grid": grid, "variant": name, "seed": 0,
                                                     "state": "completed", "reason": "", "method": "reference"})
-        (run_dir / "config.yaml").write_text(f"name: {name}\nmethod: reference\nworld: {world.config.config_hash()}\n")
+        import yaml
+
+        (run_dir / "config.yaml").write_text(yaml.safe_dump({"name": name, "method": "reference",
+                                                             "world": world.config.config_hash()}))
         record_eval(run_dir, iteration=0, label="final", metrics=metrics, intervals=intervals,
                     num_samples=int(figs.get("num_reference_samples", 0)), checkpoint="")
         out.append(run_dir)
