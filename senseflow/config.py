@@ -161,6 +161,8 @@ class TrainConfig(_Strict):
     divergence_grad_norm: float = Field(1e4, gt=0.0, description="pre-clip norm above this counts as diverged")
     divergence_patience: int = Field(3, ge=1, description="consecutive bad iterations before stopping")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: leave as is)")
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=list, description="also log metrics through accelerate's trackers (package must be installed)")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

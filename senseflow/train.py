@@ -177,7 +177,19 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
     from accelerate import Accelerator
 
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    accelerator = Accelerator(cpu=not use_cuda, mixed_precision=cfg.train.mixed_precision if use_cuda else "no")
+    trackers = list(cfg.train.trackers)
+    for name in trackers:
+        import importlib.util
+
+        if importlib.util.find_spec(name) is None:
+            from senseflow.errors import UserError
+
+            raise UserError(f"train.trackers includes {name!r} but the package is not installed; "
+                            f"pip install {name} or remove it from train.trackers")
+    accelerator = Accelerator(cpu=not use_cuda, mixed_precision=cfg.train.mixed_precision if use_cuda else "no",
+                              log_with=trackers or None, project_dir=str(run_dir))
+    if trackers:
+        accelerator.init_trackers(f"{cfg.output.grid}-{run_id}", config={"name": cfg.name, "seed": cfg.train.seed})
     bundle = components.bundle
     distiller = Distiller(cfg, bundle.teacher, bundle.text_encoder, bundle.codec, bundle.sigma_table,
                           make_discriminator=components.make_discriminator, rank=accelerator.process_index)
@@ -236,6 +248,8 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
                             for k, v in window.items()})
                 mlog.write(json.dumps(row) + "\n")
                 mlog.flush()
+                if trackers:
+                    accelerator.log({k: v for k, v in row.items() if k != "iteration"}, step=row["iteration"])
                 bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss_dmd", "loss_fake", "loss_isg", "loss_disc") if k in row})
                 window.clear()
             done = it + 1
@@ -254,6 +268,8 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
         else:
             it = end - 1
     bar.close()
+    if trackers:
+        accelerator.end_training()
     elapsed = time.time() - t0
     done = it + 1 if state != "diverged" else it
     if state == "diverged":

@@ -83,6 +83,19 @@ def test_divergence_is_detected_and_last_good_checkpoint_kept(tmp_path):
         assert torch.isfinite(t).all()
 
 
+def test_missing_tracker_package_is_a_clear_error(tmp_path):
+    import importlib.util
+
+    from senseflow.errors import UserError
+
+    missing = [t for t in ("tensorboard", "wandb") if importlib.util.find_spec(t) is None]
+    if not missing:
+        pytest.skip("both tracker packages are installed here")
+    cfg = C.resolve("sd35-large-dmd2", TINY + ["train.iterations=1", f"train.trackers=[{missing[0]}]"])
+    with pytest.raises(UserError, match=f"pip install {missing[0]}"):
+        train(cfg, tmp_path, build_components(cfg), progress=False)
+
+
 def test_train_refuses_a_different_config_in_the_same_folder(tmp_path):
     cfg = C.resolve("sd35-large-dmd2", TINY + ["train.iterations=1"])
     train(cfg, tmp_path, build_components(cfg), progress=False)
@@ -110,6 +123,15 @@ def test_cli_train_sample_export_roundtrip(tmp_path, capsys):
     saved = load_file(str(checkpoints(run)[-1] / "generator.safetensors"))
     sd = exported.state_dict()
     assert all(torch.equal(sd[k.removeprefix("backbone.")], v) for k, v in saved.items())
+    # the exported student drops into the family's diffusers pipeline in place of the teacher
+    from senseflow.models.tiny import T5_MAX_LENGTH, tiny_bundle, tiny_pipeline
+
+    pipe = tiny_pipeline("sd3", bundle=tiny_bundle("sd3", resolution=32))
+    pipe.transformer = exported
+    out = pipe("a red square", height=32, width=32, num_inference_steps=4, guidance_scale=1.0,
+               max_sequence_length=T5_MAX_LENGTH, output_type="latent",
+               generator=torch.Generator().manual_seed(0)).images
+    assert out.shape == (1, 16, 16, 16) and torch.isfinite(out).all()
     info = json.loads((tmp_path / "student" / "senseflow.json").read_text())
     assert info["anchor_indices"] == [999, 749, 499, 249]
     capsys.readouterr()
