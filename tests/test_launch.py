@@ -25,6 +25,7 @@ def grid_file(tmp_path: Path, iterations: int = 20, seeds=(0, 1), variants=("A",
            "seeds": list(seeds), "variants": [{"name": v, "overrides": {"isg.weight": 0.5 + i}}
                                                for i, v in enumerate(variants)]}
     p = tmp_path / "grid.yaml"
+    p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text(yaml.safe_dump(doc))
     return p
 
@@ -149,10 +150,16 @@ def crash_job(cfg, run_dir, *, stop_after=None):
 
 
 def test_local_jobs_get_cores_divided_threads(tmp_path):
-    specs = load_grid(grid_file(tmp_path, seeds=(0,))).specs
-    assert default_parallel(specs) == cores()
-    launch(specs, executor="local", parallel=1, job=resolve_job("tests.test_launch:env_job"), poll_s=0.2)
-    assert json.loads((specs[0].run_dir / "env.json").read_text())["OMP_NUM_THREADS"] == str(cores())
+    # the digits preset pins one thread per run: runs in parallel on every core, each told to use 1 thread
+    pinned = load_grid(grid_file(tmp_path / "pinned", seeds=(0,))).specs
+    assert pinned[0].cfg.train.threads == 1 and default_parallel(pinned) == cores()
+    launch(pinned, executor="local", parallel=1, job=resolve_job("tests.test_launch:env_job"), poll_s=0.2)
+    assert json.loads((pinned[0].run_dir / "env.json").read_text())["OMP_NUM_THREADS"] == "1"
+    # with no pinned count, one run at a time gets every core
+    free = load_grid(grid_file(tmp_path / "free", seeds=(0,), **{"train.threads": 0})).specs
+    assert default_parallel(free) == cores()
+    launch(free, executor="local", parallel=1, job=resolve_job("tests.test_launch:env_job"), poll_s=0.2)
+    assert json.loads((free[0].run_dir / "env.json").read_text())["OMP_NUM_THREADS"] == str(cores())
 
 
 def test_torch_distributed_environment_from_the_job():
