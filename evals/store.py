@@ -81,7 +81,7 @@ def _now_iso() -> str:
 
 
 @contextlib.contextmanager
-def _locked(path: Path) -> Iterator[None]:
+def file_lock(path: Path) -> Iterator[None]:
     """Exclusive advisory lock on ``path`` (created if needed) for read-modify-write sections."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -210,7 +210,7 @@ def write_status(run: str | os.PathLike, state: str, *, reason: str | None = Non
     if state not in RUN_STATES:
         raise ValueError(f"state={state!r} is not one of {', '.join(RUN_STATES)}")
     run = Path(run)
-    with _locked(run / _LOCK):
+    with file_lock(run / _LOCK):
         st = read_status(run) or {}
         st.setdefault("run_id", run.name)
         st.setdefault("grid", run.parent.name)
@@ -280,7 +280,7 @@ def record_eval(run: str | os.PathLike, *, iteration: int, label: str, metrics: 
         "time": _now_iso(), **extra,
     }
     run = Path(run)
-    with _locked(run / _LOCK):
+    with file_lock(run / _LOCK):
         evals = [e for e in read_evals(run) if not (e.get("iteration") == entry["iteration"]
                                                     and e.get("label") == entry["label"])]
         evals.append(entry)

@@ -405,16 +405,21 @@ def apply_overrides(d: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     out = copy.deepcopy(d)
     for o in overrides:
         path, value = parse_override(o)
-        _check_keys(_nest(path, value))
-        node = out
-        for p in path[:-1]:
-            nxt = node.get(p)
-            if not isinstance(nxt, dict):
-                nxt = {}
-                node[p] = nxt
-            node = nxt
-        node[path[-1]] = value
+        set_dotted(out, path, value)
     return out
+
+
+def set_dotted(data: dict[str, Any], path: list[str], value: Any) -> None:
+    """data[path[0]]...[path[-1]] = value in place, after checking the key exists (ConfigError otherwise)."""
+    _check_keys(_nest(path, value))
+    node = data
+    for p in path[:-1]:
+        nxt = node.get(p)
+        if not isinstance(nxt, dict):
+            nxt = {}
+            node[p] = nxt
+        node = nxt
+    node[path[-1]] = copy.deepcopy(value)
 
 
 def _nest(path: list[str], value: Any) -> dict[str, Any]:

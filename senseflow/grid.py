@@ -152,16 +152,7 @@ def apply_pairs(data: dict[str, Any], pairs: list[Override]) -> dict[str, Any]:
     """Set each dotted key; an unknown key raises ConfigError with a did-you-mean (senseflow.config's message)."""
     out = copy.deepcopy(data)
     for key, value in pairs:
-        path = key.split(".")
-        config_mod._check_keys(config_mod._nest(path, value))
-        node = out
-        for p in path[:-1]:
-            nxt = node.get(p)
-            if not isinstance(nxt, dict):
-                nxt = {}
-                node[p] = nxt
-            node = nxt
-        node[path[-1]] = copy.deepcopy(value)
+        config_mod.set_dotted(out, key.split("."), value)
     return out
 
 

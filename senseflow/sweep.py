@@ -49,11 +49,9 @@ enqueues the same parameters again, which resumes the same run from its last che
 
 from __future__ import annotations
 
-import contextlib
 import copy
 import dataclasses
 import difflib
-import fcntl
 import json
 import math
 import os
@@ -61,10 +59,11 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import submitit
 
+from evals.store import file_lock
 from senseflow import config as config_mod
 from senseflow.config import ConfigError, RunConfig
 from senseflow.grid import apply_pairs, base_dict, fmt_value, is_locked, override_pairs, run_lock
@@ -331,16 +330,6 @@ def lock_path_for(storage: str, sweep: Sweep) -> Path:
     return p.with_name(p.name + ".ask-lock")  # not '<journal>.lock': optuna's JournalFileOpenLock uses that name
 
 
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
 
 
 def make_sampler(sweep: Sweep, worker: int = 0):
