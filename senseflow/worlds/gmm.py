@@ -64,7 +64,8 @@ class GMMTeacher(Denoiser):
         logw = torch.log(w.clamp_min(1e-30)) - torch.log(w.sum(1, keepdim=True))
         return allm, logw
 
-    def x0_hat(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
+    def _posterior_terms(self, x: Tensor, sigma: Tensor, cond: Conditioning):
+        """(a, var, means, diff, logp): per-component log p(x_s, j) up to the shared -d/2 log(2 pi)."""
         b = x.shape[0]
         xf = x.reshape(b, -1).double()
         s = sigma.double().view(b, 1)
@@ -74,6 +75,10 @@ class GMMTeacher(Denoiser):
         var = a ** 2 * self.tau ** 2 + s ** 2                                  # (B, 1)
         diff = xf[:, None, :] - a[:, :, None] * means                        # (B, M, d)
         logp = logw - 0.5 * (diff ** 2).sum(-1) / var - 0.5 * self.dim * torch.log(var)
+        return a, var, means, diff, logp
+
+    def x0_hat(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
+        a, var, means, diff, logp = self._posterior_terms(x, sigma, cond)
         r = torch.softmax(logp, dim=1)                                       # (B, M)
         post = means + (a * self.tau ** 2 / var)[:, :, None] * diff          # (B, M, d)
         return (r[:, :, None] * post).sum(1).reshape(x.shape).to(x.dtype)
@@ -84,15 +89,8 @@ class GMMTeacher(Denoiser):
 
     def log_density(self, x: Tensor, sigma: Tensor, cond: Conditioning) -> Tensor:
         """log p_s(x) per sample (B,), for score checks by autograd."""
-        b = x.shape[0]
-        xf = x.reshape(b, -1).double()
-        s = sigma.double().view(b, 1)
-        a = 1 - s
-        means, logw = self._components(cond)
-        var = a ** 2 * self.tau ** 2 + s ** 2
-        diff = xf[:, None, :] - a[:, :, None] * means.double()
-        logp = logw.double() - 0.5 * (diff ** 2).sum(-1) / var - 0.5 * self.dim * torch.log(2 * math.pi * var)
-        return torch.logsumexp(logp, dim=1)
+        *_, logp = self._posterior_terms(x, sigma, cond)
+        return torch.logsumexp(logp, dim=1) - 0.5 * self.dim * math.log(2 * math.pi)
 
     def sample(self, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Exact samples x0 (B, d, 1, 1) of the given classes."""
