@@ -223,3 +223,111 @@ def test_cli_build_prints_the_figures(world, cache_root):
                                  env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "classifier held-out accuracy" in res.output and "nothing (all cached)" in res.output
+
+
+# ----------------------------------------------------------------------------- the torch-free cache check
+def test_the_default_world_keeps_its_hash_and_bench_settings_are_not_hashed():
+    # the cache key of the default world built before `bench` left the hash; changing it orphans that build
+    assert DigitsWorldConfig().config_hash() == "7a69a9abbcae"
+    other = DigitsWorldConfig().with_overrides(["bench.threads=[3]", "bench.iterations=2", "bench.warmup=0",
+                                                'bench.runs=["digits-dmd2"]', "bench.batch_size=16"])
+    assert other.config_hash() == "7a69a9abbcae"
+    assert QUICK.config_hash() == DigitsWorldConfig.quick().config_hash()
+
+
+def test_cached_manifest_of_a_complete_world(world, cache_root):
+    from senseflow.worlds.digits.cache import cache_problems, cached_manifest, expected_files
+
+    m = cached_manifest(QUICK, cache_root)
+    assert m is not None and cache_problems(QUICK, cache_root) == []
+    assert m.directory == world.directory and m.figures == world.figures
+    assert all((world.directory / f).is_file() for f in m.files) and m.files == expected_files()
+    assert {p.name for p in m.grid_paths()} == {f"digit_{d}.png" for d in range(10)} | {"overview.png"}
+    assert cached_manifest(QUICK.with_overrides(["teacher.steps=7"]), cache_root) is None  # another world
+
+
+def _copy_world(world, root):
+    import shutil
+
+    dst = root / "worlds" / world.directory.name
+    shutil.copytree(world.directory, dst)
+    return dst
+
+
+def test_incomplete_cache_is_not_answered_from_the_files(world, tmp_path):
+    from senseflow.worlds.digits.cache import cache_problems, cached_manifest
+
+    d = _copy_world(world, tmp_path)
+    assert cached_manifest(QUICK, tmp_path) is not None
+    (d / "samples" / "digit_3.png").unlink()
+    floor = (d / "floor.safetensors").read_bytes()
+    (d / "floor.safetensors").write_bytes(floor[:-10])  # truncated
+    problems = cache_problems(QUICK, tmp_path)
+    assert cached_manifest(QUICK, tmp_path) is None
+    assert any("digit_3.png is missing" in p for p in problems), problems
+    assert any("floor.safetensors is not a whole safetensors file" in p for p in problems), problems
+    (d / "floor.safetensors").write_bytes(floor)
+    (d / "samples" / "overview.png").unlink()
+    (d / "text_cache.safetensors").unlink()
+    assert sorted(cache_problems(QUICK, tmp_path)) == ["samples/digit_3.png is missing",
+                                                       "samples/overview.png is missing",
+                                                       "text_cache.safetensors is missing"]
+
+
+def test_cli_build_falls_back_to_build_world_when_an_artifact_is_missing(world, tmp_path):
+    from typer.testing import CliRunner
+
+    from senseflow.commands.world import app
+    from senseflow.worlds.digits.cache import cached_manifest
+
+    d = _copy_world(world, tmp_path)
+    (d / "baseline.safetensors").unlink()
+    args = ["digits", "build", "--quick", "--cache-dir", str(tmp_path), "--no-progress"]
+    res = CliRunner().invoke(app, args, env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "built in this call: baseline; build_world took" in res.output
+    m = cached_manifest(QUICK, tmp_path)
+    assert m is not None and m.figures == world.figures
+    res = CliRunner().invoke(app, args + ["--grids-to", str(tmp_path / "grids")], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    assert "built in this call: nothing (all cached); 23 files checked" in res.output
+    assert "classifier held-out accuracy" in res.output and f"world: {d}" in res.output
+    for p in m.grid_paths():
+        assert (tmp_path / "grids" / p.name).read_bytes() == p.read_bytes()
+
+
+def test_the_cached_build_command_imports_no_torch(world, cache_root):
+    import subprocess
+    import sys
+
+    check = "import senseflow.commands.world, senseflow.worlds.digits.config; import sys; " \
+            "assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", check], check=True)
+    # the whole cached `senseflow world digits build`, in a fresh interpreter
+    code = ("import sys; from senseflow.cli import main; "
+            f"rc = main(['world', 'digits', 'build', '--quick', '--cache-dir', {str(cache_root)!r}]); "
+            "assert rc == 0, rc; bad = sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules); "
+            "assert not bad, bad")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ,
+                                                                                          "COLUMNS": "200"})
+    assert out.returncode == 0, out.stderr
+    assert "nothing (all cached)" in out.stdout and "classifier held-out accuracy" in out.stdout
+
+
+# ----------------------------------------------------------------------------- the DMD-iteration benchmark
+def test_figures_time_the_projects_distiller_step(world):
+    import json
+
+    rows = world.figures["dmd_iteration"]
+    json.dumps(rows)  # figures.json holds them
+    assert [r["run"] for r in rows] == list(QUICK.bench.runs)
+    by_run = {r["run"]: r for r in rows}
+    assert by_run["digits-senseflow"]["discriminator"] == "VFMDiscriminator"
+    assert by_run["digits-dmd2"]["method"] == "dmd2" and by_run["digits-dmd2"]["gan"] == "dmd2"
+    assert by_run["digits-senseflow gan.kind=none"]["discriminator"] == "none"
+    for r in rows:
+        assert r["timing"] == "senseflow.distill.Distiller.step" and r["threads"] == 1
+        assert r["batch_size"] == QUICK.bench.batch_size and r["ttur"] == 5
+        assert r["generator_iterations"] == 2 and r["critic_iterations"] == 8  # two full TTUR periods
+        assert r["generator_ms"] > 0 and r["critic_ms"] > 0
+        assert r["ttur_mean_ms"] == pytest.approx((r["generator_ms"] + 4 * r["critic_ms"]) / 5, abs=0.1)

@@ -94,7 +94,6 @@ def write_previews(world, distiller, cfg: RunConfig, run_dir) -> None:
 
 
 def digits_components(cfg: RunConfig, progress: bool = True) -> Components:
-    from senseflow.components import make_discriminator_factory
     from senseflow.errors import UserError
     from senseflow.worlds.digits import DigitsWorldConfig, build_world
 
@@ -105,6 +104,14 @@ def digits_components(cfg: RunConfig, progress: bool = True) -> Components:
                         "or 'quick' (a shortened schedule for tests)")
     make = worlds[cfg.model.teacher]
     world = build_world(make() if make else None, progress=progress, figures=make is None, grids=make is None)
+    return world_components(cfg, world)
+
+
+def world_components(cfg: RunConfig, world) -> Components:
+    """The run components of `cfg` on an already built (or loaded) digits world; `digits_components` builds
+    the world that cfg.model.teacher names, then calls this."""
+    from senseflow.components import make_discriminator_factory
+
     bundle = world.bundle
     backbone = None
     if cfg.gan.kind == "vfm":

@@ -14,13 +14,17 @@ else ./.cache/senseflow); weights are safetensors, never pickle:
     reference.safetensors       teacher samples (50 Euler steps, CFG) on the held-out prompts, fixed seeds (FID-T)
     floor.safetensors           a second, independent teacher sample set (the FID-T floor)
     baseline.safetensors        the teacher sampled at the student's 4 anchors (the do-nothing baseline)
-    figures.json                the world's figures (accuracies, FIDs with 95% intervals, timings)
+    figures.json                the world's figures (accuracies, FIDs with 95% intervals, timings; the DMD-iteration
+                                timing is refreshed by `senseflow world digits bench --save`)
     samples/digit_<d>.png       teacher samples per digit (and samples/overview.png)
 
 Every file is written to a temporary name and renamed, so an interrupted build never leaves a half file.
 Each artifact also has its own key (`DigitsWorldConfig.artifact_keys`: a hash of only the config sections it
 depends on); a missing artifact is copied from a sibling world directory with the same key instead of being
 rebuilt, so changing e.g. sampling.cfg_scale re-samples the references without retraining the teacher.
+
+`senseflow.worlds.digits.cache.cached_manifest` checks, without torch, that every file above that `build_world`
+would load is present and whole; `senseflow world digits build` uses it to answer a complete cache at once.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from senseflow import flow
 from senseflow.models.base import Conditioning, IdentityCodec, ModelBundle
 from senseflow.models.sd3 import SD3Denoiser
 from senseflow.worlds.digits import teacher as teacher_mod
+from senseflow.worlds.digits.cache import GRID_FILES
 from senseflow.worlds.digits.classifier import DigitClassifier, train_classifier
 from senseflow.worlds.digits.config import DigitsWorldConfig
 from senseflow.worlds.digits.data import (IMAGE_SHAPE, DigitsBatch, DigitsData, DigitsSplit, all_prompts,
@@ -481,16 +486,11 @@ def compute_figures(world: DigitsWorld, probe: float | None, seconds: dict[str, 
         },
         "num_reference_samples": len(ref),
     }
-    if bench:
-        from senseflow.worlds.digits.bench import time_dmd_iteration
+    if bench:  # Distiller.step of the bench runs (digits-senseflow, digits-dmd2, ...), as a training run builds it
+        from senseflow.worlds.digits.bench import time_dmd_iterations
 
-        b = cfg.bench
         t0 = time.perf_counter()
-        fig["dmd_iteration"] = [time_dmd_iteration(world.teacher, world.text_encoder, world.backbone_dir, world.train,
-                                                   world.anchors, batch_size=b.batch_size, iterations=b.iterations,
-                                                   threads=n, cfg_scale=cfg.sampling.cfg_scale,
-                                                   disc_layers=b.disc_layers, disc_reference=b.disc_reference)
-                                for n in b.threads]
+        fig["dmd_iteration"] = time_dmd_iterations(world)
         seconds["bench"] = round(time.perf_counter() - t0, 2)
     fig["build_seconds"] = dict(seconds)
     return fig
@@ -502,8 +502,9 @@ def build_world(cfg: DigitsWorldConfig | None = None, cache_dir: str | Path | No
 
     cache_dir: the senseflow cache root (default $SENSEFLOW_CACHE, else ./.cache/senseflow); the world lives in
         `<cache_dir>/worlds/digits-<config hash>/`.
-    figures: compute figures.json when missing (FIDs, accuracies, the DMD-iteration benchmark).
-    grids: write samples/digit_<d>.png when missing.
+    figures: compute figures.json when missing (FIDs, accuracies, the DMD-iteration benchmark: the project's
+        Distiller.step timed for the runs of config.bench, see senseflow.worlds.digits.bench).
+    grids: write samples/digit_<d>.png and overview.png when any is missing.
     """
     cfg = cfg or DigitsWorldConfig()
     t_start = time.perf_counter()
@@ -532,7 +533,7 @@ def build_world(cfg: DigitsWorldConfig | None = None, cache_dir: str | Path | No
         with _quiet_hub(not progress):
             world.figures = b._timed("figures", lambda: compute_figures(world, probe, b.seconds))
         new_figures = True
-    if grids and not (b.dir / "samples" / "overview.png").exists():
+    if grids and not all((b.dir / f).exists() for f in GRID_FILES):
         save_sample_grids(world.reference.samples, world.reference.labels, b.dir / "samples")
         b.provenance["grids"] = "computed"
     if new_figures:
