@@ -163,6 +163,10 @@ class TrainConfig(_Strict):
     threads: int = Field(0, ge=0, description="torch CPU threads (0: leave as is)")
     trackers: list[Literal["tensorboard", "wandb"]] = Field(
         default_factory=list, description="also log metrics through accelerate's trackers (package must be installed)")
+    parallel: Literal["fsdp", "ddp"] = Field("fsdp", description=(
+        "with several processes: fsdp shards G, F and D (FSDP2), ddp replicates them and averages gradients; "
+        "ignored in one process (senseflow.parallel)"))
+    shard_group: int = Field(0, ge=0, description="fsdp: ranks per shard group (0: all; a divisor gives HSDP)")
 
     @field_validator("mixed_precision", mode="before")
     @classmethod

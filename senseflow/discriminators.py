@@ -20,6 +20,7 @@ Losses live in senseflow.losses (hinge for VFM, logistic for DMD2).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 from collections.abc import Sequence
@@ -128,6 +129,10 @@ class BatchNormLocal(nn.Module):
     each channel is normalised with the mean and (biased) variance over its group's samples and all
     spatial positions, then scaled and shifted by the affine parameters. Train and eval behave alike.
     Statistics are computed in float32.
+
+    `chunks` (an attribute, 1 by default; set by VFMDiscriminator.real_fake_logits for the duration of a
+    call): the batch is read as that many equal, independent sub-batches stacked along dim 0, each grouped
+    exactly as it would be on its own, so one call on cat([a, b]) with chunks=2 equals cat([bn(a), bn(b)]).
     """
 
     def __init__(self, num_features: int, virtual_batch: int = 8, affine: bool = True, eps: float = 1e-5):
@@ -135,35 +140,101 @@ class BatchNormLocal(nn.Module):
         if virtual_batch < 1:
             raise ValueError(f"virtual_batch must be >= 1, got {virtual_batch}")
         self.num_features, self.virtual_batch, self.eps = num_features, virtual_batch, eps
+        self.chunks = 1
         self.weight = nn.Parameter(torch.ones(num_features)) if affine else None
         self.bias = nn.Parameter(torch.zeros(num_features)) if affine else None
 
-    def _normalise(self, xg: Tensor) -> Tensor:  # (G, n, C, L)
-        mean = xg.mean(dim=(1, 3), keepdim=True)
-        var = xg.var(dim=(1, 3), unbiased=False, keepdim=True)
-        return (xg - mean) * torch.rsqrt(var + self.eps)
+    def _normalise(self, xg: Tensor) -> Tensor:  # (G, n, C, L) float32 -> the same, normalised per (group, C)
+        g, n, c, length = xg.shape
+        weight = bias = None
+        if self.weight is not None:
+            weight, bias = self.weight.float(), self.bias.float()
+        if n * length == 1:  # one value per statistic: it normalises to 0 (F.batch_norm refuses this case)
+            out = xg - xg
+            return out if weight is None else torch.addcmul(bias[:, None], out, weight[:, None])
+        # torch's fused batch norm with (group, channel) pairs as its channels: much faster than var/var_mean
+        # reductions over two non-adjacent dims (the (G, n) <-> (n, G) swap is free for G = 1)
+        xt = xg.transpose(0, 1).reshape(n, g * c, length)
+        if weight is not None and g > 1:
+            weight, bias = weight.repeat(g), bias.repeat(g)
+        out = F.batch_norm(xt, None, None, weight, bias, training=True, momentum=0.0, eps=self.eps)
+        return out.reshape(n, g, c, length).transpose(0, 1)
 
     def forward(self, x: Tensor) -> Tensor:
         shape, dtype = x.shape, x.dtype
-        b, c = shape[0], shape[1]
-        flat = x.reshape(b, c, -1).float()
-        groups = math.ceil(b / self.virtual_batch)
-        if b % groups == 0:
-            out = self._normalise(flat.reshape(groups, b // groups, c, -1)).reshape(b, c, -1)
-        else:
-            out = torch.cat([self._normalise(part[None])[0] for part in torch.tensor_split(flat, groups)])
-        if self.weight is not None:
-            out = out * self.weight.float()[None, :, None] + self.bias.float()[None, :, None]
-        return out.reshape(shape).to(dtype)
+        b, c, k = shape[0], shape[1], self.chunks
+        if b % k:
+            raise ValueError(f"BatchNormLocal with chunks={k} got a batch of {b}, not a multiple of {k}")
+        flat = x.reshape(b, c, -1)
+        if dtype != torch.float32:
+            flat = flat.float()
+        n = b // k  # samples per chunk, split into `groups` consecutive groups: r of size q + 1, then q
+        groups = math.ceil(n / self.virtual_batch)
+        q, r = divmod(n, groups)
+        if r == 0:
+            out = self._normalise(flat.reshape(k * groups, q, c, -1)).reshape(b, c, -1)
+        else:  # uneven: the (q + 1)-sized groups of every chunk in one call, the q-sized ones in another
+            per_chunk = flat.reshape(k, n, c, -1)
+            cut = r * (q + 1)
+            big = self._normalise(per_chunk[:, :cut].reshape(k * r, q + 1, c, -1)).reshape(k, cut, c, -1)
+            small = self._normalise(per_chunk[:, cut:].reshape(k * (groups - r), q, c, -1)).reshape(k, n - cut, c, -1)
+            out = torch.cat([big, small], dim=1).reshape(b, c, -1)
+        out = out.reshape(shape)
+        return out if dtype == torch.float32 else out.to(dtype)
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, virtual_batch={self.virtual_batch}, eps={self.eps}"
 
 
+SMALL_MAP = 64  # HeadConv2d computes maps of at most this many positions as one GEMM
+
+
+class HeadConv2d(nn.Conv2d):
+    """nn.Conv2d for the discriminator heads ('same' circular padding for k > 1): the same parameters and
+    the same sums, computed for small maps as one GEMM over (sample, position) rows.
+
+    On maps of h * w <= SMALL_MAP positions (ungrouped, undilated) the wrapped-around k x k neighbourhood of
+    every output position is gathered with one index_select (k = 1: the map itself, as rows) and multiplied
+    with the weight in one addmm. At the VFM heads' 4x4..1x1 token maps oneDNN's conv and F.pad's circular
+    mode (a dozen slice copies each way) cost far more than their arithmetic; this path is ~2-3x faster
+    forward + backward on a CPU. Larger maps take the stock F.pad + conv2d path.
+    """
+
+    def _taps(self, h: int, w: int, device: torch.device) -> tuple[Tensor, int, int]:
+        """Flat source index (ho * wo * kh * kw,) in (oy, ox, ky, kx) order, and the output size."""
+        key = (h, w, device)
+        cache = self.__dict__.setdefault("_tap_cache", {})
+        if key not in cache:
+            (kh, kw), (sh, sw), (ph, pw) = self.kernel_size, self.stride, self.padding
+            ho, wo = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+            rows = (torch.arange(ho)[:, None, None, None] * sh + torch.arange(kh)[None, None, :, None] - ph) % h
+            cols = (torch.arange(wo)[None, :, None, None] * sw + torch.arange(kw)[None, None, None, :] - pw) % w
+            cache[key] = ((rows * w + cols).reshape(-1).to(device), ho, wo)
+        return cache[key]
+
+    def _conv_forward(self, input: Tensor, weight: Tensor, bias: Tensor | None) -> Tensor:
+        h, w = input.shape[-2:]
+        pointwise = self.kernel_size == (1, 1) and self.stride == (1, 1) and self.padding == (0, 0)
+        if (input.ndim != 4 or h * w > SMALL_MAP or self.groups != 1 or self.dilation != (1, 1)
+                or not (pointwise or self.padding_mode == "circular")):
+            return super()._conv_forward(input, weight, bias)
+        b, c = input.shape[:2]
+        rows = input.reshape(b, c, h * w).transpose(1, 2)  # (B, hw, C)
+        if pointwise:
+            ho, wo = h, w
+            rows = rows.reshape(b * h * w, c)
+        else:
+            idx, ho, wo = self._taps(h, w, input.device)
+            rows = rows.index_select(1, idx).reshape(b * ho * wo, -1)  # (B * ho * wo, kh * kw * C)
+        w2 = weight.permute(0, 2, 3, 1).reshape(weight.shape[0], -1)  # (out, kh * kw * C), the rows' order
+        out = rows @ w2.t() if bias is None else torch.addmm(bias, rows, w2.t())
+        return out.reshape(b, ho, wo, -1).permute(0, 3, 1, 2).contiguous()
+
+
 def sn_conv(in_channels: int, out_channels: int, kernel_size: int, stride: int = 1) -> nn.Module:
     """A spectral-normalised Conv2d ('same' circular padding for k > 1; one power iteration per step)."""
-    conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
-                     padding_mode="circular" if kernel_size > 1 else "zeros")
+    conv = HeadConv2d(in_channels, out_channels, kernel_size, stride=stride, padding=kernel_size // 2,
+                      padding_mode="circular" if kernel_size > 1 else "zeros")
     return spectral_norm(conv)
 
 
@@ -310,6 +381,8 @@ class VFMDiscriminator(nn.Module):
     ref_images (B, 1 or 3, H, W) in [-1, 1] at the same resolution; text_embed (B, text_dim), or a
     Conditioning whose `pooled` is used. The reference pass runs without gradients (real images, frozen
     backbone). Nothing is cached between calls.
+    real_fake_logits(real, fake, text_embed, ref_images=None, augment=True, generator=None) -> the logits of
+    both, as two forward calls would give them, in one pass (the discriminator's step; see there).
     """
 
     def __init__(self, backbone: nn.Module | str | os.PathLike = "facebook/dinov2-large", *, text_dim: int | None,
@@ -425,7 +498,29 @@ class VFMDiscriminator(nn.Module):
     # ------------------------------------------------------------------ forward
     def forward(self, images: Tensor, text_embed: Tensor | Conditioning | None, ref_images: Tensor | None = None,
                 augment: bool = True, generator: torch.Generator | None = None) -> Tensor:
-        b = images.shape[0]
+        return self._judge([images], text_embed, ref_images, augment, generator)[0]
+
+    def real_fake_logits(self, real: Tensor, fake: Tensor, text_embed: Tensor | Conditioning | None,
+                         ref_images: Tensor | None = None, augment: bool = True,
+                         generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """(D(real), D(fake)) in one pass: the same logits as `self(real, ...)` then `self(fake, ...)`.
+
+        DiffAugment draws from `generator` for real, then for fake, as the two calls would; the frozen
+        backbone runs once on the concatenation (with the reference too when no gradient must flow through
+        it); the reference features and refmaps are computed once and shared; each head runs once on the
+        concatenated maps, its local batch norm grouping real and fake samples separately (chunks=2).
+        The only difference from two calls: in train mode each spectral-norm conv does one power
+        iteration here where the two calls would do two (one per call). real and fake: (B, C, H, W).
+        """
+        if real.shape != fake.shape:
+            raise ValueError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} images must have one shape")
+        real_logits, fake_logits = self._judge([real, fake], text_embed, ref_images, augment, generator)
+        return real_logits, fake_logits
+
+    def _judge(self, images: list[Tensor], text_embed: Tensor | Conditioning | None, ref_images: Tensor | None,
+               augment: bool, generator: torch.Generator | None) -> list[Tensor]:
+        """Logits (B, N) for each of the k equal-shaped batches in `images`, sharing text and reference."""
+        k, b = len(images), images[0].shape[0]
         if isinstance(text_embed, Conditioning):
             text_embed = text_embed.pooled
         if self.cmapper is not None:
@@ -434,27 +529,56 @@ class VFMDiscriminator(nn.Module):
             cmap = self.cmapper(text_embed.to(self._head_dtype))
         else:
             cmap = self.cmap_const.expand(b, -1)
-        refmaps = None
         if self.reference:
             if ref_images is None:
                 raise ValueError("reference=True: pass ref_images (the paired real images)")
-            if ref_images.shape[0] != b or ref_images.shape[-2:] != images.shape[-2:]:
-                raise ValueError(f"ref_images {tuple(ref_images.shape)} must match images {tuple(images.shape)} "
+            if ref_images.shape[0] != b or ref_images.shape[-2:] != images[0].shape[-2:]:
+                raise ValueError(f"ref_images {tuple(ref_images.shape)} must match images {tuple(images[0].shape)} "
                                  "in batch size and resolution")
-            with torch.no_grad():
-                ref_feats = self.features(ref_images)
-            refmaps = [m(f) for m, f in zip(self.refmappers, ref_feats)]
-        x = diffaugment(images, self.diffaug, generator) if augment and self.diffaug else images
-        feats = self.features(x)
+        else:
+            ref_images = None
+        # one augmentation call per batch, in order: the generator's draws are those of k separate calls
+        xs = [diffaugment(x, self.diffaug, generator) if augment and self.diffaug else x for x in images]
+        x = xs[0] if k == 1 else torch.cat(xs)
+        needs_grad = torch.is_grad_enabled() and x.requires_grad
+        ref_feats = None
+        if ref_images is not None and not needs_grad and ref_images.shape[1:] == x.shape[1:]:
+            with torch.no_grad():  # frozen backbone, no input gradient: the reference rides in the same pass
+                both = self.features(torch.cat([x, ref_images.to(x.dtype)]))
+            feats, ref_feats = [f[:k * b] for f in both], [f[k * b:] for f in both]
+        else:
+            feats = self.features(x)
+            if ref_images is not None:
+                with torch.no_grad():
+                    ref_feats = self.features(ref_images)
+        refmaps = None if ref_feats is None else [m(f) for m, f in zip(self.refmappers, ref_feats)]
+        with self._chunked(self.heads, k):
+            outs = [head(feat) for head, feat in zip(self.heads, feats)]
         scale = 1 / math.sqrt(self.head_channels)
+        cond = cmap[:, :, None, None]
         logits = []
-        for k, (head, feat) in enumerate(zip(self.heads, feats)):
-            out = head(feat)
-            cond = cmap[:, :, None, None]
-            if refmaps is not None:
-                cond = cond + refmaps[k]
-            logits.append(((out * cond).sum(dim=1) * scale).flatten(1))
-        return torch.cat(logits, dim=1)
+        for i, out in enumerate(outs):
+            c = cond if refmaps is None else cond + refmaps[i]  # (B, C, h, w), shared by the k batches
+            logits.append(((out.unflatten(0, (k, b)) * c).sum(dim=2) * scale).flatten(2))  # (k, B, h*w)
+        # one cat per batch: fresh tensors, not views of a joint one (FSDP hooks the outputs of this call)
+        return [torch.cat([part[i] for part in logits], dim=1) for i in range(k)]
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _chunked(modules: nn.Module, k: int):
+        """Within the block, every BatchNormLocal in `modules` reads its batch as k independent chunks."""
+        if k == 1:
+            yield
+            return
+        norms = [m for m in modules.modules() if isinstance(m, BatchNormLocal)]
+        before = [m.chunks for m in norms]
+        for m in norms:
+            m.chunks = k
+        try:
+            yield
+        finally:
+            for m, c in zip(norms, before):
+                m.chunks = c
 
 
 # ============================================================================= DMD2's classifier head
@@ -589,8 +713,9 @@ class DMD2Discriminator(nn.Module):
     The fake score is referenced, not registered: `parameters()`, `state_dict()` and `.to()` cover the head
     only, and `trainable_parameters()` is the head. DMD2 trains the head jointly with the fake model (the
     classifier loss, weight 1e-2, joins the fake score's loss and optimizer and also reaches its body).
-    Our choice: the head is trained by the discriminator optimizer on the D loss alone; the Distiller zeroes
-    the body's gradients after that step, so the body is trained by its own denoising loss only.
+    Our choice: the head is trained by the discriminator optimizer on the D loss alone; the Distiller's D
+    step reads the body without gradients (`real_fake_logits`) and its G step freezes F and the head, so the
+    body is trained by its own denoising loss only.
     """
 
     def __init__(self, fake_score: Denoiser, *, latent_size: int | Sequence[int] | None = None,
@@ -645,6 +770,39 @@ class DMD2Discriminator(nn.Module):
         feat = self.bottleneck(x_t, sigma, cond)
         dtype = next(self.head.parameters()).dtype
         return self.head(feat.to(dtype))
+
+    def real_fake_logits(self, real_t: Tensor, fake_t: Tensor, sigma: Tensor,
+                         cond: Conditioning) -> tuple[Tensor, Tensor]:
+        """(D(real_t), D(fake_t)) for the discriminator's own step: one fake-score forward on the concatenated
+        batch, read without gradients (the D loss trains the head only; see the class docstring), then the
+        head. Equals two `forward` calls up to float rounding (the fake score and the head's GroupNorm are
+        per-sample); unlike them, no gradient reaches the inputs or the fake score's body."""
+        if real_t.shape != fake_t.shape:
+            raise ValueError(f"real {tuple(real_t.shape)} and fake {tuple(fake_t.shape)} inputs must have one shape")
+        with torch.no_grad():
+            feat = self.bottleneck(torch.cat([real_t, fake_t]), torch.cat([sigma, sigma]),
+                                   Conditioning.cat([cond, cond]))
+        logits = self.head(feat.to(next(self.head.parameters()).dtype))
+        real_logits, fake_logits = logits.chunk(2)
+        return real_logits, fake_logits
+
+
+# ============================================================================= shared helpers
+@contextlib.contextmanager
+def frozen(params):
+    """Within the block, the given parameters do not require grad (restored after, also on error).
+
+    For a forward whose graph must carry gradients to the inputs only (the generator's adversarial term):
+    autograd records no parameter-gradient work, and the parameters' `.grad` stay untouched. The graph
+    built inside stays valid after the block, so backward may run later."""
+    params = [p for p in params if p.requires_grad]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in params:
+            p.requires_grad_(True)
 
 
 # ============================================================================= factory

@@ -65,19 +65,28 @@ def make_optimizer(params, lr: float, cfg) -> torch.optim.Optimizer:
             return bnb.optim.AdamW8bit(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=cfg.eps)
         except ImportError:
             pass  # falls back to torch AdamW; recorded by the trainer in status.json
-    return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=cfg.eps)
+    # foreach: one fused update per parameter list (torch picks it only for CUDA tensors by default)
+    return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=cfg.eps,
+                             foreach=True)
 
 
 class Distiller(nn.Module):
     """G, F, teacher, D and the optimizers of one distillation run, and one iteration of it."""
 
     def __init__(self, cfg: RunConfig, teacher: Denoiser, text_encoder: TextEncoder, codec: LatentCodec,
-                 sigma_table: Tensor, make_discriminator=None, rank: int = 0, student_init: Denoiser | None = None):
+                 sigma_table: Tensor, make_discriminator=None, rank: int = 0, student_init: Denoiser | None = None,
+                 prepare=None, parallel=None):
         """make_discriminator(fake_score) -> nn.Module with trainable_parameters(), or None (no GAN).
-        student_init: the network G and F start from (default: copies of the teacher, as the paper)."""
+        student_init: the network G and F start from (default: copies of the teacher, as the paper).
+        prepare(distiller): runs once the modules exist and before the optimizers are built (device
+        placement, gradient checkpointing, FSDP sharding: senseflow.train).
+        parallel: the senseflow.parallel.Parallel layout (default: one process)."""
         super().__init__()
+        from senseflow.parallel import Parallel
+
         self.cfg = cfg
-        self.rank = rank
+        self.parallel = parallel or Parallel.single()
+        self.rank = self.parallel.rank if parallel is not None else rank
         self.teacher = teacher.requires_grad_(False).eval()
         source = student_init if student_init is not None else teacher
         self.generator = source.student_copy().train()
@@ -88,6 +97,8 @@ class Distiller(nn.Module):
         self.few_step = FewStepGenerator(cfg.generator.anchor_indices, sigma_table)
         discriminator = make_discriminator(self.fake_score) if make_discriminator is not None else None
         self.discriminator = discriminator
+        if prepare is not None:
+            prepare(self)
         o = cfg.optim
         self.opt_g = make_optimizer(self.generator.parameters(), o.lr_generator, o)
         self.opt_f = make_optimizer(self.fake_score.parameters(), o.lr_fake, o)
@@ -120,12 +131,22 @@ class Distiller(nn.Module):
         return self.discriminator is not None and self.cfg.gan.kind != "none"
 
     def _disc_logits(self, images_or_latents: Tensor, batch: Batch, sigma: Tensor | None,
-                     g: torch.Generator) -> Tensor:
-        """Logits of D on generated or real samples (VFM: decoded pixels; DMD2: noised latents)."""
+                     g: torch.Generator, real: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
+        """Logits of D on generated samples (VFM: decoded pixels; DMD2: noised latents). With `real` (the
+        matching real samples): (real logits, fake logits) from D's joint pass (`real_fake_logits`: real
+        augmented first, as two calls would; DMD2 reads the fake score's body without gradients), or from
+        two calls if D has no joint pass."""
+        d = self.discriminator
         if self.cfg.gan.kind == "vfm":
             ref = batch.pixels if self.cfg.gan.reference else None
-            return self.discriminator(images_or_latents, batch.cond.pooled, ref_images=ref, augment=True, generator=g)
-        return self.discriminator(images_or_latents, sigma, batch.cond)
+            args, kwargs = (batch.cond.pooled,), {"ref_images": ref, "augment": True, "generator": g}
+        else:
+            args, kwargs = (sigma, batch.cond), {}
+        if real is None:
+            return d(images_or_latents, *args, **kwargs)
+        if hasattr(d, "real_fake_logits"):
+            return d.real_fake_logits(real, images_or_latents, *args, **kwargs)
+        return d(real, *args, **kwargs), d(images_or_latents, *args, **kwargs)
 
     # ------------------------------------------------------------------ the iteration
     def generator_input(self, batch: Batch, k: int, backsim: bool, g: torch.Generator) -> Tensor:
@@ -188,14 +209,21 @@ class Distiller(nn.Module):
         if self._gan_enabled() and cfg.gan.weight > 0:
             wgt = losses.omega(sigma_i, cfg.gan.omega)
             if float(wgt.abs().max()) > 0:
-                # D's parameters receive gradients here too; opt_d zeroes them before its own step
+                # D (and, for DMD2's head, F's body) is frozen while its graph is built: the backward then
+                # computes only the input gradients G needs, and D's / F's .grad stay untouched
+                from senseflow.discriminators import frozen
+
+                d_params = list(self.discriminator.trainable_parameters())
                 if cfg.gan.kind == "vfm":
-                    logits = self._disc_logits(self.codec.decode(x0_g), batch, None, g)
+                    pixels = self.codec.decode(x0_g)
+                    with frozen(d_params):
+                        logits = self._disc_logits(pixels, batch, None, g)
                     loss_adv = losses.hinge_g_loss(logits, wgt)
                 else:
                     tg = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), g).to(self.device)
                     x_tg = flow.interpolate(x0_g, self._randn(x0_g.shape, g), tg)
-                    logits = self._disc_logits(x_tg, batch, tg, g)
+                    with frozen(d_params + list(self.fake_score.parameters())):
+                        logits = self._disc_logits(x_tg, batch, tg, g)
                     loss_adv = losses.logistic_g_loss(logits, wgt)
                 total = total + cfg.gan.weight * loss_adv
                 out["loss_adv"] = float(loss_adv.detach())
@@ -250,16 +278,14 @@ class Distiller(nn.Module):
         if cfg.gan.kind == "vfm":
             with torch.no_grad():
                 fake_pixels = self.codec.decode(x0_g)
-            real_logits = self._disc_logits(batch.pixels, batch, None, g)
-            fake_logits = self._disc_logits(fake_pixels, batch, None, g)
+            real_logits, fake_logits = self._disc_logits(fake_pixels, batch, None, g, real=batch.pixels)
             loss = losses.hinge_d_loss(real_logits, fake_logits, wgt)
         else:
             b = x0_g.shape[0]
             t = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), g).to(self.device)
             real_t = flow.interpolate(batch.latents, self._randn(x0_g.shape, g), t)
             fake_t = flow.interpolate(x0_g, self._randn(x0_g.shape, g), t)
-            real_logits = self._disc_logits(real_t, batch, t, g)
-            fake_logits = self._disc_logits(fake_t, batch, t, g)
+            real_logits, fake_logits = self._disc_logits(fake_t, batch, t, g, real=real_t)
             loss = losses.logistic_d_loss(real_logits, fake_logits, wgt)
         loss = cfg.gan.disc_weight * loss
         self.opt_d.zero_grad(set_to_none=True)
@@ -283,32 +309,59 @@ class Distiller(nn.Module):
             self.generator.train(was)
 
     # ------------------------------------------------------------------ state
-    def trainable_state(self) -> dict[str, dict[str, Tensor]]:
-        state = {"generator": self.generator.state_dict(), "fake_score": self.fake_score.state_dict()}
+    def _stateful(self) -> list[tuple[str, nn.Module, torch.optim.Optimizer | None, str]]:
+        """(name, module, optimizer, optimizer name) of each trained part."""
+        parts = [("generator", self.generator, self.opt_g, "opt_g"), ("fake_score", self.fake_score, self.opt_f, "opt_f")]
         if self.discriminator is not None:
-            state["discriminator"] = {k: v for k, v in self.discriminator.state_dict().items()
-                                      if not k.startswith("backbone.")}
+            parts.append(("discriminator", self.discriminator, self.opt_d, "opt_d"))
+        return parts
+
+    def trainable_state(self) -> dict[str, dict[str, Tensor]]:
+        """Full (unsharded) weights on CPU; the discriminator without its frozen backbone. With several
+        processes this is a collective and only rank 0 receives the tensors."""
+        from senseflow.parallel import full_state
+
+        state = {}
+        for name, module, _, _ in self._stateful():
+            sd = full_state(module, self.parallel)
+            state[name] = {k: v for k, v in sd.items() if not k.startswith("backbone.")} if name == "discriminator" else sd
         return state
 
     def optimizer_state(self) -> dict[str, dict]:
-        s = {"opt_g": self.opt_g.state_dict(), "opt_f": self.opt_f.state_dict()}
-        if self.opt_d is not None:
-            s["opt_d"] = self.opt_d.state_dict()
-        return s
+        from senseflow.parallel import full_optimizer_state
+
+        return {oname: full_optimizer_state(module, opt, self.parallel)
+                for _, module, opt, oname in self._stateful() if opt is not None}
 
     def load_trainable_state(self, state: dict[str, dict[str, Tensor]]) -> None:
-        self.generator.load_state_dict(state["generator"])
-        self.fake_score.load_state_dict(state["fake_score"])
+        from senseflow.parallel import load_full_state
+
+        load_full_state(self.generator, state["generator"], self.parallel)
+        load_full_state(self.fake_score, state["fake_score"], self.parallel)
         if self.discriminator is not None and "discriminator" in state:
-            missing, unexpected = self.discriminator.load_state_dict(state["discriminator"], strict=False)
-            if unexpected or any(not k.startswith("backbone.") for k in missing):
-                raise ValueError(f"discriminator checkpoint does not match: missing {missing[:3]}, unexpected {unexpected[:3]}")
+            if not self.parallel.distributed:
+                missing, unexpected = self.discriminator.load_state_dict(state["discriminator"], strict=False)
+                if unexpected or any(not k.startswith("backbone.") for k in missing):
+                    raise ValueError(f"discriminator checkpoint does not match: missing {missing[:3]}, "
+                                     f"unexpected {unexpected[:3]}")
+            else:
+                frozen = {k: v for k, v in self.discriminator.state_dict().items() if k.startswith("backbone.")}
+                expected = set(self.discriminator.state_dict()) - set(frozen)
+                if set(state["discriminator"]) != expected:
+                    diff = sorted(set(state["discriminator"]) ^ expected)[:3]
+                    raise ValueError(f"discriminator checkpoint does not match: {diff}")
+                # the frozen backbone keeps the weights it was loaded with; only D's trained part is set
+                load_full_state(self.discriminator, state["discriminator"], self.parallel, strict=False)
 
     def load_optimizer_state(self, state: dict[str, dict]) -> None:
-        self.opt_g.load_state_dict(state["opt_g"])
-        self.opt_f.load_state_dict(state["opt_f"])
-        if self.opt_d is not None and "opt_d" in state:
-            self.opt_d.load_state_dict(state["opt_d"])
+        from senseflow.parallel import load_full_optimizer_state
+
+        for name, module, opt, oname in self._stateful():
+            if opt is None or (name == "discriminator" and oname not in state):
+                continue
+            if oname not in state:
+                raise ValueError(f"checkpoint has no {oname} optimizer state")
+            load_full_optimizer_state(module, opt, state[oname], self.parallel)
 
 
 def finite(metrics: dict[str, float]) -> bool:

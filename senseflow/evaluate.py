@@ -15,14 +15,33 @@ from senseflow.errors import UserError
 
 
 def evaluate_run(cfg: RunConfig, run_dir: str | Path, distiller, components, *, progress: bool = True,
-                 label: str = "final", iteration: int | None = None, previews: bool = True) -> dict[str, dict]:
-    """Evaluate every configured sampler; metric names get a '@euler' suffix for the Euler sampler."""
+                 label: str = "final", iteration: int | None = None, previews: bool = True,
+                 main: bool = True) -> dict[str, dict]:
+    """Evaluate every configured sampler; metric names get a '@euler' suffix for the Euler sampler.
+
+    main=False (ranks other than 0 of a multi-process run): sample and measure exactly as rank 0 does,
+    since a sharded student's forwards are collective, but record nothing and write samples to a
+    scratch folder that is removed afterwards."""
+    import shutil
+    import tempfile
+
     from evals.store import record_eval
 
     run_dir = Path(run_dir)
+    scratch = None if main else Path(tempfile.mkdtemp(prefix="senseflow-eval-"))
+    try:
+        return _evaluate(cfg, run_dir, distiller, components, progress and main, label, iteration, previews,
+                         main, scratch or run_dir, record_eval)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _evaluate(cfg, run_dir: Path, distiller, components, progress, label, iteration, previews, main, sample_root,
+              record_eval) -> dict[str, dict]:
     evaluator = components.extra.get("evaluate")
     if evaluator is None:
-        evaluator = _images_evaluator(cfg, components, run_dir)
+        evaluator = _images_evaluator(cfg, components, sample_root)
     if iteration is None:
         from senseflow.train import checkpoints
 
@@ -38,11 +57,12 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, distiller, components, *, 
         metrics_all.update({k + suffix: float(v) for k, v in metrics.items()})
         intervals_all.update({k + suffix: [float(a), float(b)] for k, (a, b) in intervals.items()})
         results[sampler] = metrics
-    record_eval(run_dir, iteration=iteration, label=label, metrics=metrics_all, intervals=intervals_all,
-                num_samples=n, checkpoint=f"checkpoints/iter_{iteration:07d}")
+    if main:
+        record_eval(run_dir, iteration=iteration, label=label, metrics=metrics_all, intervals=intervals_all,
+                    num_samples=n, checkpoint=f"checkpoints/iter_{iteration:07d}")
     after = components.extra.get("after_eval")
     if after is not None and previews:
-        after(distiller, run_dir)
+        after(distiller, sample_root)  # samples the student: every rank, rank 0 into the run folder
     return results
 
 

@@ -29,7 +29,8 @@ Multi-GPU jobs (profile `tasks_per_node` = GPUs per node, `nodes` >= 1): every t
 `CellJob`; before the job function starts, `export_torch_distributed()` sets MASTER_ADDR (first host
 of the job), MASTER_PORT (derived from the job id), RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE
 from `submitit.JobEnvironment()`, so `accelerate` (senseflow.train) joins the process group with the
-env:// method. Only rank 0 takes the run lock and records the job. (Not testable on this CPU machine.)
+env:// method and senseflow.parallel shards the run over them. Only rank 0 takes the run lock and records
+the job. (Multi-process training itself is tested with 2 CPU processes in tests/test_distributed.py.)
 """
 
 from __future__ import annotations

@@ -156,8 +156,9 @@ def logistic_g_loss(fake_logits: Tensor, weight: Tensor | float = 1.0) -> Tensor
 def ida_update(fake_params: Iterable[Tensor], gen_params: Iterable[Tensor], lam: float) -> None:
     """phi <- lam * phi + (1 - lam) * theta, in place, for matching parameter lists.
 
-    Works unchanged on sharded parameters (FSDP): both models are sharded alike, so each local shard
-    lerps against its counterpart. lam = 1 leaves phi untouched.
+    Sharded parameters (FSDP2 DTensors): both models are sharded alike, so each rank lerps its local shard
+    of phi against the matching local shard of theta, with no communication; differing placements are an
+    error. lam = 1 leaves phi untouched.
     """
     fake_params, gen_params = list(fake_params), list(gen_params)
     if len(fake_params) != len(gen_params):
@@ -167,11 +168,21 @@ def ida_update(fake_params: Iterable[Tensor], gen_params: Iterable[Tensor], lam:
     for p, q in zip(fake_params, gen_params):
         if p.shape != q.shape:
             raise ValueError(f"IDA parameter shapes differ: {tuple(p.shape)} vs {tuple(q.shape)}")
+        p_dt, q_dt = hasattr(p, "placements"), hasattr(q, "placements")
+        if p_dt or q_dt:
+            if not (p_dt and q_dt) or p.placements != q.placements or p.device_mesh != q.device_mesh:
+                raise ValueError("IDA needs the fake score and generator sharded alike (same FSDP units and mesh)")
+            p, q = p.to_local(), q.to_local()
         p.lerp_(q.to(p.dtype), 1.0 - lam)
 
 
 def ida_update_modules(fake_score: torch.nn.Module, generator: torch.nn.Module, lam: float) -> None:
-    """IDA over every trainable parameter, paired by name (both are copies of the teacher)."""
+    """IDA over every trainable parameter, paired by name (both are copies of the teacher). FSDP-sharded
+    modules are resharded first (a root unit may still hold its gathered weights after a forward)."""
+    for module in (fake_score, generator):
+        for sub in module.modules():
+            if hasattr(sub, "reshard") and hasattr(sub, "unshard"):  # torch.distributed.fsdp.FSDPModule
+                sub.reshard()
     f = {n: p for n, p in fake_score.named_parameters() if p.requires_grad}
     g = {n: p for n, p in generator.named_parameters() if p.requires_grad}
     if f.keys() != g.keys():

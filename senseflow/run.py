@@ -33,6 +33,12 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
+def _rank() -> int:
+    import os
+
+    return int(os.environ.get("RANK", "0") or 0)
+
+
 def execute(cfg: RunConfig, run_dir: str | Path | None = None, *, progress: bool = True,
             stop_after: int | None = None, evaluate: bool = True) -> dict[str, Any]:
     """Train (or resume) and evaluate one run; returns its final status dict."""
@@ -47,18 +53,27 @@ def execute(cfg: RunConfig, run_dir: str | Path | None = None, *, progress: bool
     try:
         components = build_components(cfg, progress=progress)
         result = train(cfg, run_dir, components, run_id=run_id, progress=progress, stop_after=stop_after)
+        ctx = result.distiller.parallel
         if result.state != "completed" or not evaluate:
             return read_status(run_dir)
-        write_status(run_dir, cfg, run_id, state="evaluating")
+        if ctx.is_main:
+            write_status(run_dir, cfg, run_id, state="evaluating")
         t0 = time.time()
         from senseflow.evaluate import evaluate_run
 
-        evaluate_run(cfg, run_dir, result.distiller, components, progress=progress)
-        write_status(run_dir, cfg, run_id, state="completed", finished=time.time(), eval_seconds=round(time.time() - t0, 2))
+        # every rank evaluates (the student may be sharded); rank 0 records
+        evaluate_run(cfg, run_dir, result.distiller, components, progress=progress, main=ctx.is_main)
+        if ctx.is_main:
+            write_status(run_dir, cfg, run_id, state="completed", finished=time.time(),
+                         eval_seconds=round(time.time() - t0, 2))
+        ctx.barrier()
     except KeyboardInterrupt:
-        write_status(run_dir, cfg, run_id, state="stopped", reason="interrupted")
+        if _rank() == 0:
+            write_status(run_dir, cfg, run_id, state="stopped", reason="interrupted")
         raise
     except Exception as e:
+        if _rank() != 0:
+            raise
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(traceback.format_exc())
         write_status(run_dir, cfg, run_id, state="failed", reason=f"{type(e).__name__}: {e}"[:500], finished=time.time())

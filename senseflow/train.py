@@ -71,30 +71,39 @@ def checkpoints(run_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(run_dir: Path, distiller: Distiller, iteration: int, keep: int, extra: dict | None = None) -> Path:
-    """Atomic: written into a temp folder, then renamed; older ones beyond `keep` are removed."""
+    """Atomic: written into a temp folder, then renamed; older ones beyond `keep` are removed. Full
+    (unsharded) tensors: with several processes every rank takes part in gathering them and rank 0 writes."""
     final = run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{iteration:07d}"
-    tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    for name, sd in distiller.trainable_state().items():
-        save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
-    torch.save(distiller.optimizer_state(), tmp / "optimizers.pt")
-    (tmp / "trainer.json").write_text(json.dumps({"iteration": iteration, **(extra or {})}))
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    for old in checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+    weights = distiller.trainable_state()
+    optimizers = distiller.optimizer_state()
+    ctx = distiller.parallel
+    if ctx.is_main:
+        tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        for name, sd in weights.items():
+            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
+        torch.save(optimizers, tmp / "optimizers.pt")
+        (tmp / "trainer.json").write_text(json.dumps({"iteration": iteration, "processes": ctx.world_size,
+                                                      **(extra or {})}))
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in checkpoints(run_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    ctx.barrier()
     return final
 
 
 def load_checkpoint(path: Path, distiller: Distiller) -> int:
+    """Every rank reads the full tensors; sharded modules keep their own shards of them."""
+    where = "cpu" if distiller.parallel.distributed else str(distiller.device)
     state = {}
     for name in ("generator", "fake_score", "discriminator"):
         f = path / f"{name}.safetensors"
         if f.is_file():
-            state[name] = load_file(str(f), device=str(distiller.device))
+            state[name] = load_file(str(f), device=where)
     distiller.load_trainable_state(state)
-    distiller.load_optimizer_state(torch.load(path / "optimizers.pt", map_location=distiller.device, weights_only=True))
+    distiller.load_optimizer_state(torch.load(path / "optimizers.pt", map_location=where, weights_only=True))
     return int(json.loads((path / "trainer.json").read_text())["iteration"])
 
 
@@ -169,7 +178,9 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
         if previous.identity_hash() != cfg.identity_hash():
             raise config_mod.ConfigError(f"{saved} holds a different config than this run's; use a new run folder "
                                          "or delete the old one")
-    config_mod.save(cfg, saved)
+    main = _env_rank() == 0
+    if main:
+        config_mod.save(cfg, saved)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
@@ -190,28 +201,38 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
                               log_with=trackers or None, project_dir=str(run_dir))
     if trackers:
         accelerator.init_trackers(f"{cfg.output.grid}-{run_id}", config={"name": cfg.name, "seed": cfg.train.seed})
+    from senseflow import parallel as parallel_mod
+
+    ctx = parallel_mod.setup(cfg.train.parallel, cfg.train.shard_group, accelerator.device,
+                             cfg.train.mixed_precision if use_cuda else "no")
+    main = ctx.is_main
+
+    def prepare(d: Distiller) -> None:  # before the optimizers exist: checkpoint, shard, place
+        if use_cuda and cfg.train.gradient_checkpointing:
+            d.generator.enable_gradient_checkpointing()
+            d.fake_score.enable_gradient_checkpointing()
+        parallel_mod.shard_distiller(d, ctx)  # several processes: shards land on this rank's device
+        d.to(accelerator.device)
+
     bundle = components.bundle
     distiller = Distiller(cfg, bundle.teacher, bundle.text_encoder, bundle.codec, bundle.sigma_table,
-                          make_discriminator=components.make_discriminator, rank=accelerator.process_index)
-    distiller.to(accelerator.device)
-    if use_cuda and cfg.train.gradient_checkpointing:
-        distiller.generator.enable_gradient_checkpointing()
-        distiller.fake_score.enable_gradient_checkpointing()
+                          make_discriminator=components.make_discriminator, prepare=prepare, parallel=ctx)
 
     start = 0
     ckpts = checkpoints(run_dir)
     if ckpts:
         start = load_checkpoint(ckpts[-1], distiller)
-    write_status(run_dir, cfg, run_id, state="running", iteration=start, started=time.time(), reason="",
-                 resumed_from=start or None, device=str(accelerator.device))
-
     metrics_path = run_dir / "metrics.jsonl"
-    if start == 0 and metrics_path.exists():
-        metrics_path.unlink()
-    elif metrics_path.exists():  # drop lines logged after the checkpoint we resume from
-        keep = [ln for ln in metrics_path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("iteration", 0) <= start]
-        metrics_path.write_text("".join(k + "\n" for k in keep))
+    if main:
+        write_status(run_dir, cfg, run_id, state="running", iteration=start, started=time.time(), reason="",
+                     resumed_from=start or None, device=str(accelerator.device), processes=ctx.world_size,
+                     parallel=ctx.strategy)
+        if start == 0 and metrics_path.exists():
+            metrics_path.unlink()
+        elif metrics_path.exists():  # drop lines logged after the checkpoint we resume from
+            keep = [ln for ln in metrics_path.read_text().splitlines()
+                    if ln.strip() and json.loads(ln).get("iteration", 0) <= start]
+            metrics_path.write_text("".join(k + "\n" for k in keep))
 
     end = cfg.train.iterations if stop_after is None else min(cfg.train.iterations, start + stop_after)
     bad, state, reason = 0, "completed", ""
@@ -219,17 +240,18 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
     window: dict[str, list[float]] = {}
     from tqdm.auto import tqdm
 
-    bar = tqdm(range(start, end), initial=start, total=cfg.train.iterations, disable=not progress,
+    bar = tqdm(range(start, end), initial=start, total=cfg.train.iterations, disable=not (progress and main),
                desc=f"{cfg.name} seed {cfg.train.seed}", dynamic_ncols=True, leave=False)
     it = start
-    with open(metrics_path, "a") as mlog:
+    with open(metrics_path, "a") if main else open(os.devnull, "w") as mlog:
         for it in bar:
             batch = components.data.batch(it, cfg.train.batch_size, step_generator(cfg.train.seed, it, stream=2,
-                                                                                   rank=accelerator.process_index))
+                                                                                   rank=ctx.rank))
             batch = Batch(batch.latents.to(accelerator.device), batch.pixels.to(accelerator.device),
                           batch.cond.to(accelerator.device), batch.prompts)
             with accelerator.autocast():
                 m = distiller.step(it, batch)
+            m = ctx.mean_metrics(m)  # every rank sees the same losses and takes the same divergence decision
             norms = [m.get(k, 0.0) for k in ("grad_norm_g", "grad_norm_f", "grad_norm_d")]
             if not finite(m) or max(norms) > cfg.train.divergence_grad_norm:
                 bad += 1
@@ -248,43 +270,55 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
                             for k, v in window.items()})
                 mlog.write(json.dumps(row) + "\n")
                 mlog.flush()
-                if trackers:
+                if trackers and main:
                     accelerator.log({k: v for k, v in row.items() if k != "iteration"}, step=row["iteration"])
                 bar.set_postfix({k: f"{row[k]:.3g}" for k in ("loss_dmd", "loss_fake", "loss_isg", "loss_disc") if k in row})
                 window.clear()
             done = it + 1
             if done % cfg.train.checkpoint_every == 0 and done < cfg.train.iterations:
                 save_checkpoint(run_dir, distiller, done, cfg.train.keep_checkpoints)
-                write_status(run_dir, cfg, run_id, state="running", iteration=done)
+                if main:
+                    write_status(run_dir, cfg, run_id, state="running", iteration=done)
             if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.iterations:
                 from senseflow.evaluate import evaluate_run
 
                 evaluate_run(cfg, run_dir, distiller, components, progress=False, label=f"iter_{done}",
-                             iteration=done, previews=False)
+                             iteration=done, previews=False, main=main)
             if cfg.train.sample_every and done % cfg.train.sample_every == 0:
-                grid = sample_grid(distiller, components, cfg)
-                if grid is not None:
+                grid = sample_grid(distiller, components, cfg)  # every rank: G's forwards are collective
+                if grid is not None and main:
                     save_png(grid, run_dir / "samples" / f"iter_{done:07d}.png")
         else:
             it = end - 1
     bar.close()
-    if trackers:
+    if trackers and main:
         accelerator.end_training()
     elapsed = time.time() - t0
     done = it + 1 if state != "diverged" else it
     if state == "diverged":
-        write_status(run_dir, cfg, run_id, state="diverged", reason=reason, iteration=done, finished=time.time())
+        if main:
+            write_status(run_dir, cfg, run_id, state="diverged", reason=reason, iteration=done, finished=time.time())
+        ctx.barrier()
         return TrainResult("diverged", done, run_dir, distiller, reason, elapsed)
     if done < cfg.train.iterations:
         save_checkpoint(run_dir, distiller, done, cfg.train.keep_checkpoints)
-        write_status(run_dir, cfg, run_id, state="stopped", iteration=done)
+        if main:
+            write_status(run_dir, cfg, run_id, state="stopped", iteration=done)
+        ctx.barrier()
         return TrainResult("stopped", done, run_dir, distiller, "", elapsed)
     save_checkpoint(run_dir, distiller, done, cfg.train.keep_checkpoints, {"final": True})
     grid = sample_grid(distiller, components, cfg)
-    if grid is not None:
+    if grid is not None and main:
         save_png(grid, run_dir / "samples" / "final.png")
-    write_status(run_dir, cfg, run_id, state="trained", iteration=done, train_seconds=round(elapsed, 2))
+    if main:
+        write_status(run_dir, cfg, run_id, state="trained", iteration=done, train_seconds=round(elapsed, 2))
+    ctx.barrier()
     return TrainResult("completed", done, run_dir, distiller, "", elapsed)
+
+
+def _env_rank() -> int:
+    """This process's rank as the launcher set it (torchrun, accelerate, senseflow.launch); 0 alone."""
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 def _short(m: dict[str, float]) -> str:

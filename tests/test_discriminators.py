@@ -9,9 +9,10 @@ import os
 import pytest
 import torch
 
-from senseflow.discriminators import (BatchNormLocal, DMD2Discriminator, VFMDiscriminator, build_discriminator,
-                                      default_layers, diffaugment, downsamples_for, locate_bottleneck, sn_conv,
-                                      tiny_dinov2)
+from senseflow import losses
+from senseflow.discriminators import (SMALL_MAP, BatchNormLocal, DMD2Discriminator, VFMDiscriminator,
+                                      build_discriminator, default_layers, diffaugment, downsamples_for, frozen,
+                                      locate_bottleneck, sn_conv, tiny_dinov2)
 from senseflow.models.base import Conditioning
 
 
@@ -131,6 +132,47 @@ def test_batchnorm_local_normalises_each_virtual_group():
     assert torch.allclose(bn(x)[:8].mean(dim=(0, 2, 3)), torch.ones(3), atol=1e-5)
 
 
+def test_batchnorm_local_chunks_equal_separate_calls():
+    """chunks=k: one call on k stacked sub-batches equals k calls, also for uneven groups and single values."""
+    torch.manual_seed(0)
+    bn = BatchNormLocal(3, virtual_batch=4)
+    with torch.no_grad():
+        bn.weight.normal_()
+        bn.bias.normal_()
+    for b, side in [(8, 4), (10, 2), (7, 1), (1, 1)]:  # 10 -> groups 4, 3, 3; 7 -> 4, 3; 1x1 of one sample
+        xs = [torch.randn(b, 3, side, side) * (i + 1) + 2 * i for i in range(3)]
+        bn.chunks = 3
+        joint = bn(torch.cat(xs))
+        bn.chunks = 1
+        assert torch.allclose(joint, torch.cat([bn(x) for x in xs]), atol=1e-5), (b, side)
+    # one value per statistic normalises to zero: the output is the bias
+    assert torch.allclose(bn(torch.randn(1, 3, 1, 1)), bn.bias.detach().view(1, 3, 1, 1))
+    bn.chunks = 2
+    with pytest.raises(ValueError, match="chunks"):
+        bn(torch.randn(3, 3, 2, 2))
+
+
+@pytest.mark.parametrize("kernel,stride", [(1, 1), (3, 1), (3, 2)])
+def test_head_conv_matches_circularly_padded_conv2d(kernel, stride):
+    """The heads' GEMM path on small maps computes F.pad(circular) + conv2d, forward and backward."""
+    torch.manual_seed(0)
+    conv = sn_conv(6, 5, kernel, stride).eval()  # eval: the spectral-normalised weight is fixed
+    original = conv.parametrizations.weight.original
+    pad = kernel // 2
+    for h, w in [(1, 1), (2, 2), (4, 4), (3, 5), (9, 9)]:  # 9x9 > SMALL_MAP: the stock path
+        x = torch.randn(3, 6, h, w, requires_grad=True)
+        out = conv(x)
+        padded = torch.nn.functional.pad(x, (pad,) * 4, mode="circular") if pad else x
+        ref = torch.nn.functional.conv2d(padded, conv.weight, conv.bias, stride)
+        assert out.shape == ref.shape and torch.allclose(out, ref, atol=1e-5), (h, w)
+        g = torch.randn_like(ref)
+        got = torch.autograd.grad(out, (x, original, conv.bias), g)
+        want = torch.autograd.grad(ref, (x, original, conv.bias), g)
+        for a, b in zip(got, want):
+            assert torch.allclose(a, b, atol=1e-4), (h, w)
+    assert 4 * 4 <= SMALL_MAP < 9 * 9
+
+
 def test_spectral_norm_keeps_top_singular_value_near_one():
     torch.manual_seed(0)
     conv = sn_conv(8, 16, 3, stride=2)
@@ -232,6 +274,72 @@ def test_vfm_reference_and_text_conditioning(dino):
     aug1 = d(x, t, ref_images=r1, generator=_gen(7))
     assert torch.equal(aug1, d(x, t, ref_images=r1, generator=_gen(7)))
     assert not torch.allclose(aug1, a)
+
+
+@pytest.mark.parametrize("batch", [8, 7])  # 7: not a multiple of virtual_batch (groups of 4 and 3)
+def test_vfm_real_fake_logits_equal_two_calls(dino, batch):
+    torch.manual_seed(0)
+    d = VFMDiscriminator(dino, text_dim=16, image_size=8, virtual_batch=4).eval()  # eval: no power iteration
+    real, fake, ref = _images(batch, 1, 8, 1), _images(batch, 1, 8, 2), _images(batch, 1, 8, 3)
+    t = torch.randn(batch, 16)
+    gen = _gen(5)  # DiffAugment draws for real then fake, in the order of two calls
+    sep = (d(real, t, ref_images=ref, generator=gen), d(fake, t, ref_images=ref, generator=gen))
+    joint = d.real_fake_logits(real, fake, t, ref_images=ref, generator=_gen(5))
+    assert joint[0].shape == (batch, 5)
+    for a, b in zip(joint, sep):
+        assert torch.allclose(a, b, atol=1e-5)
+    # the same gradients on every trainable parameter (refmappers: the sum of the two calls' shares)
+    params = d.trainable_parameters()
+    gen = _gen(5)
+    g_sep = torch.autograd.grad(losses.hinge_d_loss(d(real, t, ref_images=ref, generator=gen),
+                                                    d(fake, t, ref_images=ref, generator=gen)), params)
+    g_joint = torch.autograd.grad(losses.hinge_d_loss(*d.real_fake_logits(real, fake, t, ref_images=ref,
+                                                                          generator=_gen(5))), params)
+    for a, b in zip(g_joint, g_sep):
+        assert torch.allclose(a, b, atol=1e-5)
+    # without reference and augmentation too; BatchNormLocal is back to one chunk afterwards
+    n = VFMDiscriminator(dino, text_dim=16, image_size=8, virtual_batch=4, reference=False).eval()
+    joint = n.real_fake_logits(real, fake, t, augment=False)
+    assert torch.allclose(joint[0], n(real, t, augment=False), atol=1e-5)
+    assert torch.allclose(joint[1], n(fake, t, augment=False), atol=1e-5)
+    assert all(m.chunks == 1 for m in n.modules() if isinstance(m, BatchNormLocal))
+    with pytest.raises(ValueError, match="one shape"):
+        n.real_fake_logits(real, fake[:-1], t)
+
+
+def test_vfm_real_fake_logits_do_one_power_iteration(dino):
+    """Train mode: the joint pass updates spectral norm's u, v once, as the first of two calls would; its real
+    logits equal that first call's."""
+    import copy
+
+    torch.manual_seed(0)
+    d = VFMDiscriminator(dino, text_dim=16, image_size=8).train()
+    twin = copy.deepcopy(d)
+    real, fake = _images(4, 3, 8, 1), _images(4, 3, 8, 2)
+    t = torch.randn(4, 16)
+    joint = d.real_fake_logits(real, fake, t, ref_images=real, generator=_gen(0))
+    first = twin(real, t, ref_images=real, generator=_gen(0))
+    assert torch.allclose(joint[0], first, atol=1e-5)
+    for (name, a), b in zip(d.named_buffers(), twin.buffers()):
+        if name.endswith(("_u", "_v")):
+            assert torch.allclose(a, b, atol=1e-6), name
+
+
+def test_frozen_discriminator_passes_gradient_to_the_input_only(dino):
+    d = VFMDiscriminator(dino, text_dim=16, image_size=8).train()
+    params = d.trainable_parameters()
+    x = _images(4, 1, 8, 1).requires_grad_(True)
+    with frozen(params):
+        assert not any(p.requires_grad for p in params)
+        logits = d(x, torch.randn(4, 16), ref_images=_images(4, 1, 8, 2), generator=_gen(0))
+    assert all(p.requires_grad for p in params)  # restored before the backward
+    (-logits.mean()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert all(p.grad is None for p in params)
+    with pytest.raises(RuntimeError):
+        with frozen(params):
+            raise RuntimeError("restored on error too")
+    assert all(p.requires_grad for p in params)
 
 
 def test_vfm_rejects_bad_layers_and_missing_backbone(dino):
@@ -340,6 +448,21 @@ def test_dmd2_on_flux_and_sdxl_bottlenecks():
     assert feat.shape == (2, 32, 4, 4)
     assert d(torch.randn(2, 4, 8, 8), torch.tensor([0.3, 0.7]), cond).shape == (2,)
     assert not unet.mid_block._forward_hooks and not unet.up_blocks[0]._forward_pre_hooks
+
+
+def test_dmd2_real_fake_logits_equal_two_calls_and_train_the_head_only():
+    fake = _sd3_fake()
+    d = DMD2Discriminator(fake)
+    real_t, fake_t = torch.randn(3, 1, 8, 8, generator=_gen(1)), torch.randn(3, 1, 8, 8, generator=_gen(2))
+    sigma, cond = torch.tensor([0.2, 0.5, 0.9]), _cond(3)
+    with torch.no_grad():
+        sep = d(real_t, sigma, cond), d(fake_t, sigma, cond)
+    joint = d.real_fake_logits(real_t, fake_t, sigma, cond)
+    for a, b in zip(joint, sep):
+        assert a.shape == (3,) and torch.allclose(a, b, atol=1e-5)
+    losses.logistic_d_loss(*joint).backward()
+    assert all(p.grad is not None for p in d.head.parameters())
+    assert all(p.grad is None for p in fake.parameters())  # the body is read without gradients
 
 
 def test_dmd2_head_follows_dmd2_and_copes_with_other_map_sizes():

@@ -178,3 +178,25 @@ def test_autoexecutor_default_is_slurm_here_so_launch_names_its_cluster(tmp_path
     assert submitit.AutoExecutor(folder=tmp_path).cluster == "slurm"   # why every executor is named explicitly
     assert make_executor("local", tmp_path).cluster == "local"
     assert os.environ.get("SLURM_JOB_ID") is None
+
+
+@pytest.mark.slurm
+def test_two_task_job_trains_one_run_over_both_tasks(tmp_path):
+    """tasks_per_node=2: both tasks of the job join one process group (submitit's environment ->
+    torch.distributed, gloo on CPUs) and train the run together with FSDP; rank 0 records it."""
+    doc = {"grid": "slurm-dist", "base": "sd35-large-senseflow",
+           "overrides": {"model.tiny": True, "model.resolution": 32, "train.batch_size": 2, "eval.metrics": [],
+                         "train.mixed_precision": "no", "gan.layers": None, "train.iterations": 4,
+                         "train.checkpoint_every": 2, "train.threads": 1,
+                         "output.root": str(tmp_path / "results" / "runs")},
+           "seeds": [0], "variants": [{"name": "two-tasks", "overrides": {}}]}
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(doc))
+    specs = load_grid(path).specs
+    profile = load_profile({**yaml.safe_load(CI_PROFILE.read_text()), "tasks_per_node": 2, "mem_gb": 4})
+    rep = launch(specs, executor="slurm", profile=profile, poll_s=0.5)
+    assert [o.state for o in rep.outcomes] == ["completed"], read_status(specs[0].run_dir)
+    st = read_status(specs[0].run_dir)
+    assert st["processes"] == 2 and st["parallel"] == "fsdp" and st["iteration"] == 4
+    its = [json.loads(ln)["iteration"] for ln in (specs[0].run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert its == sorted(set(its)) and its[-1] == 4                    # one writer

@@ -62,6 +62,40 @@ def test_resume_is_bit_identical(tmp_path):
     assert strip(la) == strip(lb)
 
 
+@pytest.mark.parametrize("preset", ["sd35-large-senseflow", "sd35-large-dmd2"])
+def test_generator_step_moves_g_through_a_frozen_discriminator(preset, monkeypatch):
+    """The adversarial term alone gives G nonzero gradients; D (and, for DMD2's head, the fake score it reads)
+    accumulates none during the G step, and requires grad again afterwards."""
+    from senseflow import losses
+    from senseflow.distill import Distiller, step_generator
+
+    cfg = C.resolve(preset, TINY + ["gan.weight=1.0", "gan.omega=one", "isg.enabled=false", "ida.enabled=false"])
+    comps = build_components(cfg)
+    b = comps.bundle
+    d = Distiller(cfg, b.teacher, b.text_encoder, b.codec, b.sigma_table, make_discriminator=comps.make_discriminator)
+    monkeypatch.setattr(losses, "dmd_loss", lambda x0, grad: (x0 * 0).sum())  # DMD adds exactly zero gradient
+    seen = {}
+    clip = d._clip
+
+    def spy(params):  # the G step clips right after its backward: look at every gradient there
+        if not seen:
+            seen.update(g=[p.grad for p in d.generator.parameters()],
+                        d=[p.grad for p in d.discriminator.trainable_parameters()],
+                        f=[p.grad for p in d.fake_score.parameters()])
+        return clip(params)
+
+    d._clip = spy
+    d._fake_score_update = lambda *a, **k: {}
+    d._discriminator_update = lambda *a, **k: {}
+    m = d.step(0, comps.data.batch(0, cfg.train.batch_size, step_generator(0, 0, stream=2)))
+    assert m["gen_step"] == 1.0 and m["loss_adv"] != 0
+    assert any(g is not None and float(g.abs().sum()) > 0 for g in seen["g"])
+    assert all(g is None for g in seen["d"]) and all(g is None for g in seen["f"])
+    assert all(p.grad is None for p in d.discriminator.trainable_parameters())
+    assert all(p.requires_grad for p in d.discriminator.trainable_parameters())
+    assert all(p.requires_grad for p in d.fake_score.parameters())
+
+
 def test_divergence_is_detected_and_last_good_checkpoint_kept(tmp_path):
     cfg = C.resolve("sd35-large-dmd2", TINY + ["train.iterations=8", "train.checkpoint_every=2",
                                               "train.divergence_patience=2", "optim.ttur=1"])

@@ -22,10 +22,16 @@ def train(source: str = typer.Argument(..., help="preset name or YAML config"),
     """Train (or resume) one run, then evaluate and record it."""
     from senseflow.run import execute, run_dir_for
 
+    import os
+
     cfg = config_mod.resolve(source, overrides or [])
     folder = run_dir or run_dir_for(cfg)
-    typer.echo(f"run folder: {folder}")
+    main = int(os.environ.get("RANK", "0") or 0) == 0  # several processes (torchrun, accelerate launch): rank 0 reports
+    if main:
+        typer.echo(f"run folder: {folder}")
     status = execute(cfg, folder, progress=progress, stop_after=stop_after, evaluate=evaluate)
+    if not main:
+        return
     typer.echo(f"state: {status.get('state')}  iteration: {status.get('iteration')}"
                + (f"  reason: {status['reason']}" if status.get("reason") else ""))
     _print_eval(folder)
