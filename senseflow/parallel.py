@@ -159,13 +159,13 @@ def shard_distiller(distiller, ctx: Parallel) -> None:
     for model in (distiller.generator, distiller.fake_score):
         if ctx.mp_policy is not None:
             model.float()  # fp32 master weights, sharded; FSDP2 gathers them in the compute dtype (bf16)
-        shard_module(model, denoiser_blocks(model), ctx, methods=("x0", "velocity"))
+        shard_module(model, denoiser_blocks(model), ctx)  # x0 / velocity go through forward
     disc = distiller.discriminator
-    if disc is None:
-        return
     from senseflow.discriminators import DMD2Discriminator, VFMDiscriminator
 
-    if isinstance(disc, VFMDiscriminator):
+    if disc is None:
+        pass
+    elif isinstance(disc, VFMDiscriminator):
         # heads sharded; the frozen DINOv2 backbone stays a plain replica (no gradients to sync, and the
         # module object may be shared with other code in this process, e.g. a world's cached backbone)
         shard_module(disc, [*disc.heads, *(disc.refmappers or [])], ctx, methods=("real_fake_logits",),
