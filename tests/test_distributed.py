@@ -36,7 +36,8 @@ def torchrun(run_dir: Path, preset: str, mode: str, overrides: list[str], stop_a
 
 
 @pytest.mark.parametrize("preset,strategy", [("sd35-large-senseflow", "fsdp"), ("sd35-large-senseflow", "ddp"),
-                                             ("sd35-large-dmd2", "fsdp")])
+                                             ("sd35-large-dmd2", "fsdp"), ("flux-dev-senseflow", "fsdp"),
+                                             ("sdxl-dmd2", "fsdp")])
 def test_synchronised_gradients_are_the_average_of_per_rank_gradients(tmp_path, preset, strategy):
     torchrun(tmp_path, preset, "grads", TINY + ["optim.ttur=1", "optim.grad_clip=1e9", f"train.parallel={strategy}"])
     report = json.loads((tmp_path / "grads.json").read_text())
