@@ -339,19 +339,13 @@ class Distiller(nn.Module):
         load_full_state(self.generator, state["generator"], self.parallel)
         load_full_state(self.fake_score, state["fake_score"], self.parallel)
         if self.discriminator is not None and "discriminator" in state:
-            if not self.parallel.distributed:
-                missing, unexpected = self.discriminator.load_state_dict(state["discriminator"], strict=False)
-                if unexpected or any(not k.startswith("backbone.") for k in missing):
-                    raise ValueError(f"discriminator checkpoint does not match: missing {missing[:3]}, "
-                                     f"unexpected {unexpected[:3]}")
-            else:
-                frozen = {k: v for k, v in self.discriminator.state_dict().items() if k.startswith("backbone.")}
-                expected = set(self.discriminator.state_dict()) - set(frozen)
-                if set(state["discriminator"]) != expected:
-                    diff = sorted(set(state["discriminator"]) ^ expected)[:3]
-                    raise ValueError(f"discriminator checkpoint does not match: {diff}")
-                # the frozen backbone keeps the weights it was loaded with; only D's trained part is set
-                load_full_state(self.discriminator, state["discriminator"], self.parallel, strict=False)
+            expected = {k for k in self.discriminator.state_dict() if not k.startswith("backbone.")}
+            got = set(state["discriminator"])
+            if got != expected:
+                raise ValueError(f"discriminator checkpoint does not match: missing {sorted(expected - got)[:3]}, "
+                                 f"unexpected {sorted(got - expected)[:3]}")
+            # the frozen backbone keeps the weights it was loaded with; only D's trained part is set
+            load_full_state(self.discriminator, state["discriminator"], self.parallel, strict=False)
 
     def load_optimizer_state(self, state: dict[str, dict]) -> None:
         from senseflow.parallel import load_full_optimizer_state

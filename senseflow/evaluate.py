@@ -25,20 +25,20 @@ def evaluate_run(cfg: RunConfig, run_dir: str | Path, distiller, components, *, 
     import shutil
     import tempfile
 
-    from evals.store import record_eval
-
     run_dir = Path(run_dir)
     scratch = None if main else Path(tempfile.mkdtemp(prefix="senseflow-eval-"))
     try:
         return _evaluate(cfg, run_dir, distiller, components, progress and main, label, iteration, previews,
-                         main, scratch or run_dir, record_eval)
+                         main, scratch or run_dir)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _evaluate(cfg, run_dir: Path, distiller, components, progress, label, iteration, previews, main, sample_root,
-              record_eval) -> dict[str, dict]:
+def _evaluate(cfg, run_dir: Path, distiller, components, progress, label, iteration, previews, main,
+              sample_root: Path) -> dict[str, dict]:
+    from evals.store import record_eval
+
     evaluator = components.extra.get("evaluate")
     if evaluator is None:
         evaluator = _images_evaluator(cfg, components, sample_root)

@@ -37,6 +37,7 @@ processes and `senseflow export` / `sample` read them in one process.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -83,6 +84,12 @@ class Parallel:
         torch.distributed.all_reduce(t)
         t = (t / self.world_size).cpu()
         return {k: float(v) for k, v in zip(keys, t)}
+
+
+def launch_rank() -> int:
+    """This process's rank as the launcher set it (RANK: torchrun, accelerate launch, senseflow.launch), before
+    any process group exists; 0 in a single process."""
+    return int(os.environ.get("RANK", "0") or 0)
 
 
 def _collective_device() -> torch.device:

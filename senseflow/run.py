@@ -33,16 +33,11 @@ def read_status(run_dir: Path) -> dict[str, Any]:
         return {}
 
 
-def _rank() -> int:
-    import os
-
-    return int(os.environ.get("RANK", "0") or 0)
-
-
 def execute(cfg: RunConfig, run_dir: str | Path | None = None, *, progress: bool = True,
             stop_after: int | None = None, evaluate: bool = True) -> dict[str, Any]:
     """Train (or resume) and evaluate one run; returns its final status dict."""
     from senseflow.components import build_components
+    from senseflow.parallel import launch_rank
     from senseflow.train import train, write_status
 
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg)
@@ -68,11 +63,11 @@ def execute(cfg: RunConfig, run_dir: str | Path | None = None, *, progress: bool
                          eval_seconds=round(time.time() - t0, 2))
         ctx.barrier()
     except KeyboardInterrupt:
-        if _rank() == 0:
+        if launch_rank() == 0:
             write_status(run_dir, cfg, run_id, state="stopped", reason="interrupted")
         raise
     except Exception as e:
-        if _rank() != 0:
+        if launch_rank() != 0:
             raise
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "error.txt").write_text(traceback.format_exc())

@@ -178,7 +178,9 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
         if previous.identity_hash() != cfg.identity_hash():
             raise config_mod.ConfigError(f"{saved} holds a different config than this run's; use a new run folder "
                                          "or delete the old one")
-    main = _env_rank() == 0
+    from senseflow.parallel import launch_rank
+
+    main = launch_rank() == 0
     if main:
         config_mod.save(cfg, saved)
     if cfg.train.threads:
@@ -314,11 +316,6 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
         write_status(run_dir, cfg, run_id, state="trained", iteration=done, train_seconds=round(elapsed, 2))
     ctx.barrier()
     return TrainResult("completed", done, run_dir, distiller, "", elapsed)
-
-
-def _env_rank() -> int:
-    """This process's rank as the launcher set it (torchrun, accelerate, senseflow.launch); 0 alone."""
-    return int(os.environ.get("RANK", "0") or 0)
 
 
 def _short(m: dict[str, float]) -> str:

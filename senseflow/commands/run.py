@@ -22,11 +22,11 @@ def train(source: str = typer.Argument(..., help="preset name or YAML config"),
     """Train (or resume) one run, then evaluate and record it."""
     from senseflow.run import execute, run_dir_for
 
-    import os
+    from senseflow.parallel import launch_rank
 
     cfg = config_mod.resolve(source, overrides or [])
     folder = run_dir or run_dir_for(cfg)
-    main = int(os.environ.get("RANK", "0") or 0) == 0  # several processes (torchrun, accelerate launch): rank 0 reports
+    main = launch_rank() == 0  # several processes (torchrun, accelerate launch): rank 0 reports
     if main:
         typer.echo(f"run folder: {folder}")
     status = execute(cfg, folder, progress=progress, stop_after=stop_after, evaluate=evaluate)
