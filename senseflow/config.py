@@ -157,6 +157,9 @@ class TrainConfig(_Strict):
     sample_every: int = Field(0, ge=0, description="0: only at the end")
     eval_every: int = Field(0, ge=0, description="0: only at the end")
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
+    trainable_dtype: Literal["float32", "bfloat16"] = Field("float32", description=(
+        "master precision of the trainable weights (G, F, D heads) in every layout; the teacher and frozen "
+        "backbones stay in model.dtype"))
     gradient_checkpointing: bool = True
     divergence_grad_norm: float = Field(1e4, gt=0.0, description="pre-clip norm above this counts as diverged")
     divergence_patience: int = Field(3, ge=1, description="consecutive bad iterations before stopping")
