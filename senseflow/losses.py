@@ -85,6 +85,19 @@ def isg_loss(v_g: Tensor, x_i: Tensor, sigma_i: Tensor, sigma_next: Tensor, x_ta
     return distance(x_dir, x_tar.detach(), kind, c)
 
 
+def isg_teacher_x0_loss(x0_g: Tensor, x0_teacher: Tensor, scale: float, kind: str = "pseudo_huber",
+                        c: float = 1e-3) -> Tensor:
+    """The authors' released SDXL form of ISG: d(scale * x0_G, sg(scale * x0_teacher)).
+
+    Their SDXL trainer re-noises the teacher's one-step x0 (guided, at the anchor) to a midpoint with the
+    teacher's own noise, reads x0 back from it with that same noise (which returns the teacher's x0 exactly),
+    and re-noises both it and G's x0 to the segment end with one shared noise; the noise cancels in the
+    difference, leaving scale * (x0_G - x0_teacher) with scale = sqrt(alpha_bar) at the segment end. The
+    value does not depend on the midpoint.
+    """
+    return distance(scale * x0_g.float(), (scale * x0_teacher.float()).detach(), kind, c)
+
+
 def sample_isg_midpoint(idx_i: Tensor, idx_next: Tensor, margin: int, table: Tensor,
                         generator: torch.Generator | None = None) -> Tensor:
     """t_mid = table[j], j uniform in [idx_next + margin, idx_i - margin] per sample (idx_next = -1 for sigma 0).
