@@ -121,15 +121,17 @@ def sample_isg_midpoint(idx_i: Tensor, idx_next: Tensor, margin: int, table: Ten
 def omega(sigma: Tensor, kind: str) -> Tensor:
     """Weight of the GAN terms at the generator's anchor sigma.
 
-    paper: (1 - sigma)^2 (FLUX settings); sd35: shift(1 - unshift(sigma, 3), 3)^2, the SD3.5 settings'
-    larger middle-anchor weight; sdxl: sqrt(alpha_bar) written in sigma; one: 1.
+    paper: (1 - sigma)^2 (FLUX settings); sd35: the authors' SD3.5 weight, the square of the shift-3 training
+    table read backwards at the anchor's index i (table[999 - i]^2 = shift(1 - u + 1/1000, 3)^2 with
+    u = unshift(sigma, 3) = (i + 1) / 1000), a larger middle-anchor weight; sdxl: sqrt(alpha_bar) written in
+    sigma; one: 1.
     """
     s = sigma.float()
     if kind == "paper":
         return (1 - s) ** 2
     if kind == "sd35":
         unshifted = s / (3 - 2 * s)
-        return flow.shift(1 - unshifted, 3.0) ** 2
+        return flow.shift((1 - unshifted + 1e-3).clamp(max=1.0), 3.0) ** 2
     if kind == "sdxl":
         return (1 - s) / torch.sqrt((1 - s) ** 2 + s ** 2)
     if kind == "one":

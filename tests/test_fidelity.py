@@ -311,3 +311,19 @@ def test_dmd2_classifier_loss_trains_the_fake_scores_body_as_dmd2_does():
         assert m["loss_disc"] > 0
         body_grad[on] = seen["f"]
     assert body_grad[True] > 0 and body_grad[False] == 0
+
+
+def test_time_weights_are_the_authors_tables_at_every_anchor():
+    """SD3.5: their timew = FlowMatchEuler(shift 3).sigmas[t]^2 at the anchor's index t; SDXL:
+    sqrt(alphas_cumprod[t]); FLUX: (1 - sigma)^2."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from senseflow.models.sdxl import ddpm_alphas_cumprod, sdxl_sigma_table
+
+    idx = torch.arange(0, 1000, 7)
+    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0)
+    table = flow.sigma_table(1000, 3.0)
+    assert torch.allclose(losses.omega(table[idx], "sd35"), sched.sigmas[idx].float() ** 2, atol=1e-6)
+    assert torch.allclose(losses.omega(sdxl_sigma_table()[idx], "sdxl"), ddpm_alphas_cumprod()[idx].sqrt(), atol=1e-6)
+    lin = flow.sigma_table(1000, 1.0)
+    assert torch.allclose(losses.omega(lin[idx], "paper"), (1 - lin[idx]) ** 2)
