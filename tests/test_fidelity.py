@@ -44,18 +44,27 @@ AUTHORS = {
         "gan.text_condition": "clip", "gan.text_encoder": "openai/clip-vit-large-patch14", "gan.head_channels": 64,
         "gan.diffaug": ["color", "translation", "cutout"], "gan.reference": True, "optim.ttur": 5,
         "optim.lr_generator": 1e-6, "optim.lr_fake": 1e-6, "optim.lr_disc": 1e-6, "optim.grad_clip": 1.0,
-        "data.latents": "posterior_sample", "gan.d_receives_g_gradient": False},
+        "data.latents": "posterior_sample", "gan.d_receives_g_gradient": False, "gan.backbone": "facebook/dinov2-large",
+        "dmd.guidance.low": 3.0, "dmd.guidance.high": 10.0, "fake_score.timestep.kind": "logit_normal",
+        "fake_score.timestep.shift": 3.0, "train.iterations": 27000, "train.batch_size": 1,
+        "eval.num_samples": 5000, "eval.samplers": ["stochastic", "euler"]},
+    "sd35-medium-senseflow": {
+        "ida.lam": 0.98, "isg.weight": 0.5, "isg.guidance.low": 2.0, "isg.guidance.high": 4.0, "optim.ttur": 10,
+        "dmd.guidance.low": 2.0, "dmd.guidance.high": 8.0, "gan.weight": 0.1, "gan.omega": "sd35"},
     "flux-dev-senseflow": {
         "generator.anchor_indices": [999, 903, 758, 511], "generator.backsim_prob": 0.5, "ida.lam": 0.97,
         "isg.form": "paper", "isg.margin": 20, "gan.weight": 2.0, "gan.omega": "paper", "gan.text_condition": "clip",
-        "optim.ttur": 5, "optim.lr_generator": 1e-5, "data.latents": "posterior_sample"},
+        "optim.ttur": 5, "optim.lr_generator": 1e-5, "data.latents": "posterior_sample", "dmd.timestep.kind": "logit_normal",
+        "dmd.guidance.low": 1.0, "dmd.guidance.high": 8.0, "isg.guidance.low": 1.0, "isg.guidance.high": 8.0,
+        "gan.layers": [2, 5, 8, 10, 14, 19, 23], "train.iterations": 12000},
     "sdxl-senseflow": {
         "generator.anchor_indices": [999, 749, 499, 249], "generator.backsim_prob": 0.5,
         "generator.pure_noise_start": True, "dmd.guidance.low": 8.0, "dmd.guidance.high": 8.0,
         "fake_score.loss": "epsilon", "ida.enabled": False, "isg.form": "teacher_x0", "isg.weight": 0.2,
         "isg.guidance.low": 3.0, "isg.guidance.high": 15.0, "isg.distance": "pseudo_huber", "isg.huber_c": 0.001,
         "gan.weight": 0.5, "gan.omega": "sdxl", "gan.text_condition": "clip", "optim.ttur": 5,
-        "optim.lr_generator": 1e-6},
+        "optim.lr_generator": 1e-6, "dmd.timestep.low": 20, "dmd.timestep.high": 980, "fake_score.timestep.low": 0,
+        "fake_score.timestep.high": 999, "train.iterations": 18000},
     "sdxl-dmd2": {  # DMD2's own SDXL recipe
         "method": "dmd2", "generator.backsim_prob": 1.0, "generator.pure_noise_start": True, "ida.enabled": False,
         "isg.enabled": False, "gan.kind": "dmd2", "gan.weight": 0.005, "gan.disc_weight": 0.01, "gan.omega": "one",
@@ -130,6 +139,24 @@ def test_d_steps_on_every_iteration_also_where_omega_is_zero():
     assert steps == {2}  # both iterations stepped D
     moved = [not torch.equal(a, p.detach()) for a, p in zip(before, d.discriminator.trainable_parameters())]
     assert any(moved)
+
+
+def test_discriminator_judges_the_paired_real_image_with_it_as_reference(monkeypatch):
+    """Real = the batch's image, reference = the same image (the authors' net_d(gt, clipcond, ori_image));
+    fake = the decoded generator sample, judged against that reference; the text embedding is D's own."""
+    cfg, comps, d = _distiller("sd35-large-senseflow", "optim.ttur=1000", "isg.enabled=false")
+    batch = _batch(cfg, comps, 1)
+    seen = {}
+    real_fn = d.discriminator.real_fake_logits
+
+    def spy(real, fake, text, ref_images=None, **kw):
+        seen.update(real=real, ref=ref_images, text=text)
+        return real_fn(real, fake, text, ref_images=ref_images, **kw)
+
+    monkeypatch.setattr(d.discriminator, "real_fake_logits", spy)
+    d.step(1, batch)
+    assert seen["real"] is batch.pixels and seen["ref"] is batch.pixels
+    assert torch.equal(seen["text"], d.discriminator.encode_text(batch.prompts))  # CLIP (tiny), not the teacher's
 
 
 def _grads_at_d_clip(d, batch, it):
