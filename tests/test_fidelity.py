@@ -415,3 +415,39 @@ def test_student_samplers_stochastic_renoises_x0_and_euler_steps():
         x0 = flow.x0_from_velocity(x, torch.full((2,), fs.sigma(k)), x)
         x = x0 if k == 3 else flow.renoise_step(x0, fs.sigma(k + 1), torch.randn(x.shape, generator=g2))
     assert torch.allclose(fs.sample(Lin(), None, noise, "stochastic", g1), x)
+
+
+def test_every_row_of_fidelity_md_names_tests_that_exist():
+    """docs/FIDELITY.md: every table row has a 'Pinned by' cell, and every test it names is defined."""
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    doc = (root / "docs" / "FIDELITY.md").read_text()
+    defined: dict[str, set[str]] = {}
+    for f in (root / "tests").glob("test_*.py"):
+        defined[f.stem] = set(re.findall(r"^def (test_\w+)", f.read_text(), flags=re.M))
+    alias = {"test_disc": "test_discriminators"}
+    rows = [line for line in doc.splitlines() if line.startswith("| ") and not line.startswith("| Setting")]
+    assert len(rows) > 40
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 6, row
+        pinned = cells[-1]
+        names = re.findall(r"`?(test_\w+)::(test_\w+)", pinned)
+        shows = re.findall(r"config_show\[([\w*-]+)\]", pinned)
+        assert names or shows, f"row without a pinning test: {row[:80]}"
+        # a bare `test_x` after a file-qualified one in the same cell belongs to that file
+        current = None
+        for token in re.findall(r"(test_\w+::test_\w+|test_\w+)", pinned):
+            if "::" in token:
+                current, name = token.split("::")
+            elif token in defined or token in alias:  # a file named on its own
+                continue
+            else:
+                name = token
+            assert current is not None, f"{name} is named without its file in: {pinned}"
+            file = alias.get(current, current)
+            assert name in defined[file], f"{file}::{name} named in FIDELITY.md does not exist"
+        for preset in shows:
+            assert preset == "*" or preset in AUTHORS, f"config_show[{preset}] has no entry in AUTHORS"
