@@ -1,12 +1,14 @@
 """Discriminators for the adversarial term: SenseFlow's VFM discriminator and DMD2's bottleneck classifier.
 
 VFMDiscriminator (ALGORITHM.md "VFM discriminator"; senseflow-paper.md 1.8)
-    A frozen DINOv2 ViT reads decoded pixels at their full resolution (position embeddings interpolated).
+    A frozen DINOv2 ViT reads decoded pixels at their full resolution (position embeddings resized
+    bilinearly, as the authors do).
     The patch-embedding output and the outputs of chosen blocks, each as patch tokens plus the CLS token,
     become 2-D maps; one light head per map (spectral-norm convs, local batch norm, LeakyReLU, stride-2
     downsamples with residual blocks between, circular padding) gives `head_channels` (64) channels. The
-    head output is projected on the sum of a text map (Linear on the pooled prompt embedding) and a
-    reference map (the same head stack, its own weights, on the paired real image's DINOv2 features):
+    head output is projected on the sum of a text map (the authors': a separate CLIP text embedding through
+    one equalized-lr linear layer per head; see gan.text_condition) and a reference map (the same head
+    stack, its own weights, on the paired real image's DINOv2 features):
     logits = sum_c out * (cmap + refmap) / sqrt(64), flattened and concatenated over heads -> (B, N).
     DiffAugment (color, translation, cutout) is applied to the judged image only, never to the reference.
 
