@@ -272,7 +272,8 @@ class Distiller(nn.Module):
         out["loss_g"] = float(total.detach())
         return out
 
-    def _fake_score_update(self, batch: Batch, x0_g: Tensor, g: torch.Generator) -> dict[str, float]:
+    def _fake_score_loss(self, batch: Batch, x0_g: Tensor, g: torch.Generator) -> Tensor:
+        """F's denoising loss on the generator's (detached) samples at a fresh time and noise."""
         cfg = self.cfg
         b = x0_g.shape[0]
         t = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), g).to(self.device)
@@ -280,9 +281,11 @@ class Distiller(nn.Module):
         x_t = flow.interpolate(x0_g, eps, t)
         v = self.fake_score(x_t, t, batch.cond)
         if cfg.fake_score.loss == "epsilon":
-            loss = losses.epsilon_loss(flow.noise_from_velocity(x_t, t, v), eps)
-        else:
-            loss = losses.fake_score_loss(v, eps, x0_g)
+            return losses.epsilon_loss(flow.noise_from_velocity(x_t, t, v), eps)
+        return losses.fake_score_loss(v, eps, x0_g)
+
+    def _fake_score_update(self, batch: Batch, x0_g: Tensor, g: torch.Generator) -> dict[str, float]:
+        loss = self._fake_score_loss(batch, x0_g, g)
         self.opt_f.zero_grad(set_to_none=True)
         loss.backward()
         norm = self._clip(self.fake_score.parameters())
@@ -335,14 +338,7 @@ class Distiller(nn.Module):
         backward through F's body and the head, one clip over both, then both optimizers step."""
         cfg = self.cfg
         b = x0_g.shape[0]
-        t = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), g).to(self.device)
-        eps = self._randn(x0_g.shape, g)
-        x_t = flow.interpolate(x0_g, eps, t)
-        v = self.fake_score(x_t, t, batch.cond)
-        if cfg.fake_score.loss == "epsilon":
-            loss_fake = losses.epsilon_loss(flow.noise_from_velocity(x_t, t, v), eps)
-        else:
-            loss_fake = losses.fake_score_loss(v, eps, x0_g)
+        loss_fake = self._fake_score_loss(batch, x0_g, g)
         tc = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), g).to(self.device)
         real_t = flow.interpolate(batch.latents, self._randn(x0_g.shape, g), tc)
         fake_t = flow.interpolate(x0_g, self._randn(x0_g.shape, g), tc)
