@@ -25,8 +25,9 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
 
 
 def make_discriminator_factory(cfg: RunConfig, backbone, text_dim: int, image_size: int,
-                               latent_size: tuple[int, int]):
-    """A factory fake_score -> discriminator for cfg.gan.kind (None when the GAN is off)."""
+                               latent_size: tuple[int, int], text_encoder=None):
+    """A factory fake_score -> discriminator for cfg.gan.kind (None when the GAN is off). text_encoder: D's own
+    text encoder for gan.text_condition=clip (None: loaded from gan.text_encoder)."""
     if cfg.gan.kind == "none":
         return None
     from senseflow.discriminators import build_discriminator
@@ -35,7 +36,7 @@ def make_discriminator_factory(cfg: RunConfig, backbone, text_dim: int, image_si
         return build_discriminator(cfg.gan, fake_score, text_dim=text_dim,
                                    backbone=backbone if not isinstance(backbone, str) else None,
                                    image_size=image_size, latent_size=latent_size,
-                                   hidden_channels=cfg.gan.hidden_channels)
+                                   hidden_channels=cfg.gan.hidden_channels, text_encoder=text_encoder)
     return make
 
 
@@ -60,9 +61,16 @@ def _tiny_components(cfg: RunConfig) -> Components:
     with torch.no_grad():
         text_dim = bundle.text_encoder.encode(["x"]).pooled.shape[-1]
     backbone = tiny_dinov2(seed=0, hidden_size=32, layers=4, patch_size=4, image_size=res)
-    data = SyntheticData(res, bundle.codec, bundle.text_encoder, channels=bundle.image_channels)
+    data = SyntheticData(res, bundle.codec, bundle.text_encoder, channels=bundle.image_channels,
+                         sample_posterior=cfg.data.latents == "posterior_sample")
+    clip = None
+    if cfg.gan.kind == "vfm" and cfg.gan.text_condition == "clip":
+        from senseflow.models.clip_text import tiny_clip_text
+
+        clip = tiny_clip_text(seed=0)  # same architecture as CLIP's text tower, random weights, no files
     return Components(bundle=bundle, data=data,
-                      make_discriminator=make_discriminator_factory(cfg, backbone, text_dim, res, bundle.latent_shape[-2:]),
+                      make_discriminator=make_discriminator_factory(cfg, backbone, text_dim, res, bundle.latent_shape[-2:],
+                                                                    text_encoder=clip),
                       render=lambda x: to_uint8(bundle.codec.decode(x)),
                       sample_prompts=SyntheticData.PROMPTS[:2])
 
@@ -76,7 +84,8 @@ def _real_components(cfg: RunConfig) -> Components:
                          dtype=_DTYPES[cfg.model.dtype], device=device, with_t5=cfg.model.with_t5)
     with torch.no_grad():
         text_dim = bundle.text_encoder.encode(["x"]).pooled.shape[-1]
-    data = ImageTextData(cfg.data.path, cfg.model.resolution, bundle.codec, bundle.text_encoder)
+    data = ImageTextData(cfg.data.path, cfg.model.resolution, bundle.codec, bundle.text_encoder,
+                         sample_posterior=cfg.data.latents == "posterior_sample")
     return Components(bundle=bundle, data=data,
                       make_discriminator=make_discriminator_factory(cfg, cfg.gan.backbone, text_dim, cfg.model.resolution,
                                                                          bundle.latent_shape[-2:]),

@@ -75,6 +75,9 @@ class GeneratorConfig(_Strict):
     anchor_indices: list[int] = Field(default_factory=lambda: [999, 749, 499, 249])
     backsim_prob: float = Field(0.5, ge=0.0, le=1.0)
     sampler: Literal["stochastic", "euler"] = "stochastic"
+    pure_noise_start: bool = Field(False, description=(
+        "the first anchor's input is unit-variance noise in the backbone's own input space (SDXL as in DMD2: the "
+        "UNet gets pure noise, x_s = noise / c(sigma_0)); identical to interpolation where sigma_0 = 1"))
 
     @field_validator("anchor_indices")
     @classmethod
@@ -105,6 +108,10 @@ class IDAConfig(_Strict):
 
 class ISGConfig(_Strict):
     enabled: bool = True
+    form: Literal["paper", "teacher_x0"] = Field("paper", description=(
+        "paper: the definition (teacher step to a midpoint, then G's step, vs G's direct step); teacher_x0: the "
+        "authors' released SDXL form, a distance between G's x0 and the guided teacher's one-step x0, both "
+        "re-noised alike to the segment end (independent of the midpoint)"))
     weight: float = Field(1.0, ge=0.0)
     margin: int = Field(50, ge=0, description="table indices kept clear of both segment ends")
     distance: Literal["pseudo_huber", "l2"] = "pseudo_huber"
@@ -125,6 +132,19 @@ class GANConfig(_Strict):
     diffaug: list[Literal["color", "translation", "cutout"]] = Field(
         default_factory=lambda: ["color", "translation", "cutout"])
     reference: bool = Field(True, description="condition on the real reference image's features")
+    text_condition: Literal["clip", "pooled_per_head", "pooled_shared"] = Field("clip", description=(
+        "clip: a separate CLIP text embedding (gan.text_encoder) through one equalized-lr linear per head (the "
+        "authors'); pooled_per_head: the teacher's pooled prompt embedding through the same per-head layers; "
+        "pooled_shared: the teacher's pooled embedding through one shared nn.Linear"))
+    text_encoder: str = Field("openai/clip-vit-large-patch14", description=(
+        "text_condition=clip: CLIP hub id (local cache only) or local directory with a CLIPTextModelWithProjection "
+        "and its tokenizer"))
+    d_receives_g_gradient: bool = Field(False, description=(
+        "the authors' released trainers: D is not frozen in the generator's adversarial pass and its gradients are "
+        "not cleared before its own step, so D's update also carries the generator loss's gradient (vfm only)"))
+    train_fake_score_body: bool = Field(False, description=(
+        "dmd2 head: the classifier loss (x disc_weight) joins the fake score's loss in one backward and one "
+        "clipped update of F's body and the head, as DMD2 trains its guidance model"))
 
 
 class OptimConfig(_Strict):
@@ -181,6 +201,8 @@ class DataConfig(_Strict):
     kind: Literal["digits", "image_text_folder", "image_text_jsonl"] = "digits"
     path: str = Field("", description="folder or jsonl of (image, caption) pairs for real teachers")
     num_workers: int = Field(0, ge=0)
+    latents: Literal["posterior_sample", "posterior_mean"] = Field("posterior_sample", description=(
+        "real latents from the VAE: a draw from its posterior (the authors and DMD2) or the posterior mean"))
 
 
 class EvalConfig(_Strict):
@@ -224,6 +246,12 @@ class RunConfig(_Strict):
                 a - b for a, b in zip(self.generator.anchor_indices, self.generator.anchor_indices[1:] + [-1])):
             raise ValueError(f"isg.margin={self.isg.margin} leaves no room inside the shortest anchor segment "
                              f"of generator.anchor_indices={self.generator.anchor_indices}; lower isg.margin")
+        if self.gan.d_receives_g_gradient and self.gan.kind != "vfm":
+            raise ValueError(f"gan.d_receives_g_gradient=true reproduces the authors' VFM discriminator; it needs "
+                             f"gan.kind=vfm, got gan.kind={self.gan.kind}")
+        if self.gan.train_fake_score_body and self.gan.kind != "dmd2":
+            raise ValueError(f"gan.train_fake_score_body=true is DMD2's classifier on the fake score; it needs "
+                             f"gan.kind=dmd2, got gan.kind={self.gan.kind}")
         return self
 
     # ------------------------------------------------------------------ identity
@@ -287,11 +315,13 @@ def _flux() -> dict[str, Any]:
 def _sdxl() -> dict[str, Any]:
     return _merge(_paper_common(), {
         "model": {"family": "sdxl", "teacher": "stabilityai/stable-diffusion-xl-base-1.0", "resolution": 1024},
-        "generator": {"anchor_indices": [999, 749, 499, 249]},  # DDPM t
+        # DDPM t; the UNet's input at t = 999 is unit-variance noise (DMD2's and the authors' pure_noise_mask)
+        "generator": {"anchor_indices": [999, 749, 499, 249], "pure_noise_start": True},
         "dmd": {"timestep": {"kind": "table_index", "low": 20, "high": 980}, "guidance": {"low": 8.0, "high": 8.0}},
         "fake_score": {"timestep": {"kind": "table_index", "low": 0, "high": 999}, "loss": "epsilon"},
         "ida": {"enabled": False, "lam": 0.97},
-        "isg": {"weight": 0.2, "margin": 20, "guidance": {"low": 3.0, "high": 15.0}},
+        # the authors' SDXL numbers come from their released SDXL ISG, which is the teacher_x0 form
+        "isg": {"form": "teacher_x0", "weight": 0.2, "margin": 20, "guidance": {"low": 3.0, "high": 15.0}},
         "gan": {"kind": "vfm", "weight": 0.5, "omega": "sdxl", "backbone": "facebook/dinov2-large",
                 "layers": [2, 5, 8, 10, 14, 19, 23]},
         "optim": {"lr_generator": 1e-6, "lr_fake": 1e-6, "lr_disc": 1e-6, "eight_bit": False, "ttur": 5},
@@ -309,8 +339,10 @@ def _digits() -> dict[str, Any]:
         "fake_score": {"timestep": {"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 1.0}},
         "ida": {"lam": 0.97},
         "isg": {"weight": 1.0, "margin": 20, "guidance": {"low": 2.0, "high": 2.0}},
+        # one head on the last block: the heads' per-op cost dominates at 8x8. The world has no CLIP: its own
+        # pooled prompt embedding goes through the authors' per-head equalized-lr layer (docs/FIDELITY.md)
         "gan": {"kind": "vfm", "weight": 0.1, "omega": "paper", "backbone": "digits-vit", "layers": [-1],
-                "virtual_batch": 8},  # one head on the last block: the heads' per-op cost dominates at 8x8
+                "virtual_batch": 8, "text_condition": "pooled_per_head"},
         # measured on this world (1000 iterations): lr 5e-5 / 2e-4 beat 1e-4 / 1e-4 and 3e-4 / 1e-3 on FID-T
         "optim": {"lr_generator": 5e-5, "lr_fake": 2e-4, "lr_disc": 2e-4, "weight_decay": 0.0, "ttur": 5},
         "train": {"iterations": 1000, "batch_size": 64, "checkpoint_every": 250, "log_every": 25, "threads": 1,
@@ -322,10 +354,29 @@ def _digits() -> dict[str, Any]:
     }
 
 
-def _as_dmd2(base: dict[str, Any], gan_weight: float) -> dict[str, Any]:
-    """DMD2 baseline on the same teacher: no IDA, no ISG, DMD2's own bottleneck GAN head."""
+def _as_dmd2(base: dict[str, Any], gan_weight: float, disc_weight: float = 1e-2) -> dict[str, Any]:
+    """DMD2 baseline on the same teacher, as DMD2's released recipe trains it: no IDA, no ISG, its bottleneck
+    classifier whose loss (x disc_weight) also trains the fake score's body in the fake score's own update,
+    its generator GAN weight, and backward simulation on every iteration."""
     return _merge(base, {"method": "dmd2", "ida": {"enabled": False}, "isg": {"enabled": False},
-                         "gan": {"kind": "dmd2", "weight": gan_weight, "disc_weight": 1e-2, "omega": "one"}})
+                         "generator": {"backsim_prob": 1.0},
+                         "gan": {"kind": "dmd2", "weight": gan_weight, "disc_weight": disc_weight, "omega": "one",
+                                 "train_fake_score_body": True}})
+
+
+# DMD2's SDXL recipe (experiments/sdxl, 4-step backsim run): generator / guidance lr 5e-7, AdamW weight decay
+# 0.01, gradient clipping at 10, GAN weights 5e-3 (generator) / 1e-2 (classifier). DMD2 released no SD3.5 or
+# FLUX recipe: those baselines take its mechanisms and GAN weights with the teacher's SenseFlow optimizer.
+_DMD2_SDXL_OPTIM = {"lr_generator": 5e-7, "lr_fake": 5e-7, "lr_disc": 5e-7, "weight_decay": 0.01, "grad_clip": 10.0}
+
+
+def _dmd2_preset(name: str, base) -> dict[str, Any]:
+    if name == "digits":  # the world's own GAN weights (tuned on it); DMD2's mechanisms
+        return _merge(_as_dmd2(base(), 1e-2), {"optim": {"lr_disc": base()["optim"]["lr_fake"]}})
+    d = _as_dmd2(base(), 5e-3)
+    # DMD2 trains the classifier head with the fake score in one optimizer: one learning rate
+    d = _merge(d, {"optim": {"lr_disc": d["optim"]["lr_fake"]}})
+    return _merge(d, {"optim": _DMD2_SDXL_OPTIM}) if name == "sdxl" else d
 
 
 _BASES = {"sd35-large": lambda: _sd35(True), "sd35-medium": lambda: _sd35(False), "flux-dev": _flux,
@@ -335,8 +386,13 @@ PRESETS: dict[str, Any] = {}
 for _name, _base in _BASES.items():
     PRESETS[f"{_name}-senseflow"] = (lambda b=_base, n=_name: _merge(b(), {"method": "senseflow", "name": "SenseFlow",
                                                                          "preset": f"{n}-senseflow"}))
-    PRESETS[f"{_name}-dmd2"] = (lambda b=_base, n=_name: _merge(_as_dmd2(b(), 1e-3 if n != "digits" else 1e-2),
+    PRESETS[f"{_name}-dmd2"] = (lambda b=_base, n=_name: _merge(_dmd2_preset(n, b),
                                                                 {"name": "DMD2", "preset": f"{n}-dmd2"}))
+# The authors' own DMD2-SDXL trainer (trainer_sdxl_DMD2.py): DMD2's losses and weights, no backward simulation,
+# the authors' SDXL optimizer (lr 1e-6, clipping at 1).
+PRESETS["sdxl-dmd2-authors"] = lambda: _merge(_as_dmd2(_sdxl(), 5e-3), {
+    "name": "DMD2 (authors' trainer)", "preset": "sdxl-dmd2-authors", "generator": {"backsim_prob": 0.0},
+    "optim": {"lr_disc": _sdxl()["optim"]["lr_fake"]}})
 
 
 # ---------------------------------------------------------------------------- loading

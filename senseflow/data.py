@@ -66,11 +66,13 @@ def read_pairs(path: str | Path) -> list[tuple[Path, str]]:
 class ImageTextData:
     """Random (image, caption) batches from `read_pairs`, encoded by the family's VAE and text encoder."""
 
-    def __init__(self, path: str | Path, resolution: int, codec: LatentCodec, text_encoder: TextEncoder):
+    def __init__(self, path: str | Path, resolution: int, codec: LatentCodec, text_encoder: TextEncoder,
+                 sample_posterior: bool = True):
         self.pairs = read_pairs(path)
         self.resolution = resolution
         self.codec = codec
         self.text_encoder = text_encoder
+        self.sample_posterior = sample_posterior  # real latents drawn from the VAE posterior (the authors, DMD2)
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -81,7 +83,8 @@ class ImageTextData:
         pixels = torch.stack([load_image(self.pairs[i][0], self.resolution) for i in idx])
         prompts = [self.pairs[i][1] for i in idx]
         device = next(iter(self.codec.parameters()), torch.empty(0)).device
-        latents = self.codec.encode(pixels.to(device))
+        # the posterior draw comes last from the batch's generator: indices and images are as without it
+        latents = self.codec.encode(pixels.to(device), generator=generator, sample=self.sample_posterior)
         return Batch(latents, pixels, self.text_encoder.encode(prompts), prompts)
 
 
@@ -91,8 +94,10 @@ class SyntheticData:
     PROMPTS = ["a red square", "a blue circle", "a green field", "a dark night sky", "a bright sunny beach",
                "a portrait of a cat", "a bowl of fruit", "a city street"]
 
-    def __init__(self, resolution: int, codec: LatentCodec, text_encoder: TextEncoder, channels: int = 3):
+    def __init__(self, resolution: int, codec: LatentCodec, text_encoder: TextEncoder, channels: int = 3,
+                 sample_posterior: bool = True):
         self.resolution, self.codec, self.text_encoder, self.channels = resolution, codec, text_encoder, channels
+        self.sample_posterior = sample_posterior
 
     @torch.no_grad()
     def batch(self, iteration: int, batch_size: int, generator: torch.Generator) -> Batch:
@@ -100,5 +105,5 @@ class SyntheticData:
         pixels = torch.nn.functional.interpolate(low, size=self.resolution, mode="bilinear", align_corners=False)
         idx = torch.randint(len(self.PROMPTS), (batch_size,), generator=generator).tolist()
         prompts = [self.PROMPTS[i] for i in idx]
-        latents = self.codec.encode(pixels)
+        latents = self.codec.encode(pixels, generator=generator, sample=self.sample_posterior)
         return Batch(latents, pixels, self.text_encoder.encode(prompts), prompts)

@@ -1,12 +1,14 @@
 """Discriminators for the adversarial term: SenseFlow's VFM discriminator and DMD2's bottleneck classifier.
 
 VFMDiscriminator (ALGORITHM.md "VFM discriminator"; senseflow-paper.md 1.8)
-    A frozen DINOv2 ViT reads decoded pixels at their full resolution (position embeddings interpolated).
+    A frozen DINOv2 ViT reads decoded pixels at their full resolution (position embeddings resized
+    bilinearly, as the authors do).
     The patch-embedding output and the outputs of chosen blocks, each as patch tokens plus the CLS token,
     become 2-D maps; one light head per map (spectral-norm convs, local batch norm, LeakyReLU, stride-2
     downsamples with residual blocks between, circular padding) gives `head_channels` (64) channels. The
-    head output is projected on the sum of a text map (Linear on the pooled prompt embedding) and a
-    reference map (the same head stack, its own weights, on the paired real image's DINOv2 features):
+    head output is projected on the sum of a text map (the authors': a separate CLIP text embedding through
+    one equalized-lr linear layer per head; see gan.text_condition) and a reference map (the same head
+    stack, its own weights, on the paired real image's DINOv2 features):
     logits = sum_c out * (cmap + refmap) / sqrt(64), flattened and concatenated over heads -> (B, N).
     DiffAugment (color, translation, cutout) is applied to the judged image only, never to the reference.
 
@@ -294,6 +296,28 @@ class DiscHead(nn.Module):
         return self.out(self.main(x))
 
 
+class EqualizedLinear(nn.Module):
+    """A linear layer with an equalized learning rate (StyleGAN's): weights drawn from N(0, 1) and scaled by
+    1/sqrt(in_features) at every forward, bias initialised to 0. Its output matches a default-initialised
+    nn.Linear in scale, but an Adam step moves it sqrt(in_features) times less (768 inputs: ~28x)."""
+
+    def __init__(self, in_features: int, out_features: int):
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.weight = nn.Parameter(torch.randn(out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        self.gain = 1 / math.sqrt(in_features)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.to(x.dtype) * self.gain, self.bias.to(x.dtype))
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, gain=1/sqrt({self.in_features})"
+
+
+TEXT_CONDITIONS = ("clip", "pooled_per_head", "pooled_shared")
+
+
 # ============================================================================= VFM discriminator
 def default_layers(depth: int) -> list[int]:
     """The paper's ViT-L blocks [2, 5, 8, 10, 14, 19, 23] for depth 24; for other depths the same relative
@@ -364,8 +388,13 @@ class VFMDiscriminator(nn.Module):
         or a hub id / local directory loaded with `load_dinov2`. It is frozen (requires_grad False) and
         kept in eval mode even when this module is put in train mode; gradients still flow through it to
         the input image (the generator's adversarial loss).
-    text_dim: width of the pooled prompt embedding fed to `cmapper`; None for unconditional use (a learned
+    text_dim: width of the text embedding the heads are conditioned on; None for unconditional use (a learned
         constant map takes its place).
+    text_mapper: "per_head" (the authors'): one equalized-lr linear layer per head (`cmappers`); "shared": one
+        nn.Linear for all heads (`cmapper`).
+    text_encoder: optional frozen module with `encode(prompts) -> (B, text_dim)` (the separate CLIP text
+        embedding, senseflow.models.clip_text); `encode_text(prompts)` uses it. It is referenced, not
+        registered: it is neither trained, saved nor sharded with D.
     layers: 0-based block indices whose outputs feed heads (None: `default_layers(depth)`); the patch
         embedding output always feeds one more head, first.
     head_channels: width of the projection space (64). hidden_channels: width inside each head (None: the
@@ -389,8 +418,10 @@ class VFMDiscriminator(nn.Module):
                  layers: Sequence[int] | None = None, head_channels: int = 64, hidden_channels: int | None = None,
                  virtual_batch: int = 8, diffaug: Sequence[str] = DIFFAUG_OPS, reference: bool = True,
                  downsample: int = 3, image_size: int | tuple[int, int] | None = None,
-                 checkpoint_backbone: bool = False):
+                 checkpoint_backbone: bool = False, text_mapper: str = "per_head", text_encoder: nn.Module | None = None):
         super().__init__()
+        if text_mapper not in ("per_head", "shared"):
+            raise ValueError(f"text_mapper must be 'per_head' or 'shared', got {text_mapper!r}")
         if not isinstance(backbone, nn.Module):
             backbone = load_dinov2(backbone)
         self.backbone = backbone.eval().requires_grad_(False)
@@ -424,12 +455,18 @@ class VFMDiscriminator(nn.Module):
         self.heads = nn.ModuleList([make_head() for _ in range(n_maps)])
         self.refmappers = nn.ModuleList([make_head() for _ in range(n_maps)]) if reference else None
         self.text_dim = text_dim
-        if text_dim:
+        self.text_mapper = text_mapper
+        self.cmapper = self.cmappers = None
+        if text_dim and text_mapper == "shared":
             self.cmapper = nn.Linear(text_dim, head_channels)
             self.register_parameter("cmap_const", None)
+        elif text_dim:
+            self.cmappers = nn.ModuleList([EqualizedLinear(text_dim, head_channels) for _ in range(n_maps)])
+            self.register_parameter("cmap_const", None)
         else:
-            self.cmapper = None
             self.cmap_const = nn.Parameter(torch.randn(head_channels) / math.sqrt(head_channels))
+        # a tuple keeps the frozen text encoder out of this module's parameters, state_dict and sharding
+        self._text_encoder = (text_encoder,) if text_encoder is not None else None
         mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
         self.register_buffer("pixel_mean", mean, persistent=False)
@@ -445,6 +482,25 @@ class VFMDiscriminator(nn.Module):
         """The heads, refmappers and cmapper: never the backbone."""
         frozen = {id(p) for p in self.backbone.parameters()}
         return [p for p in self.parameters() if id(p) not in frozen]
+
+    @property
+    def encodes_text(self) -> bool:
+        """True when D conditions on its own text embedding of the prompts (`encode_text`)."""
+        return self._text_encoder is not None
+
+    @torch.no_grad()
+    def encode_text(self, prompts: list[str] | None) -> Tensor:
+        """D's text embedding (B, text_dim) of the prompts, from its own frozen text encoder (moved to the
+        heads' device on first use)."""
+        if self._text_encoder is None:
+            raise ValueError("this discriminator has no text encoder of its own: pass the pooled prompt embedding")
+        if prompts is None:
+            raise ValueError("gan.text_condition=clip needs the batch's prompts (Batch.prompts is None)")
+        enc = self._text_encoder[0]
+        device = self.pixel_mean.device
+        if next(enc.parameters()).device != device:
+            enc.to(device)
+        return enc.encode(list(prompts))
 
     @property
     def _head_dtype(self) -> torch.dtype:
@@ -475,12 +531,42 @@ class VFMDiscriminator(nn.Module):
             raise RuntimeError(f"backbone gave {n} patch tokens, expected a {grid[0]}x{grid[1]} grid")
         return patches.transpose(1, 2).reshape(b, d, *grid).to(self._head_dtype)
 
+    def position_embeddings(self, grid: tuple[int, int]) -> Tensor:
+        """The backbone's position embeddings (1, 1 + gh * gw, D) for a gh x gw patch grid: the learned grid
+        resized bilinearly (align_corners=False, computed in float32) as the authors' discriminator does;
+        transformers' Dinov2 resizes bicubically. The stored grid is returned as is at its own size."""
+        pos = self.backbone.embeddings.position_embeddings
+        n = pos.shape[1] - 1
+        side = math.isqrt(n)
+        if side * side != n:
+            raise RuntimeError(f"the backbone's {n} position embeddings do not form a square grid")
+        if (side, side) == tuple(grid):
+            return pos
+        cls_pos, grid_pos = pos[:, :1], pos[:, 1:]
+        grid_pos = grid_pos.reshape(1, side, side, -1).permute(0, 3, 1, 2).float()
+        grid_pos = F.interpolate(grid_pos, size=tuple(grid), mode="bilinear", align_corners=False)
+        grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], -1).to(pos.dtype)
+        return torch.cat([cls_pos, grid_pos], dim=1)
+
+    def embed(self, x: Tensor) -> Tensor:
+        """The backbone's embedding layer (transformers' Dinov2[WithRegisters]Embeddings, no mask tokens) with
+        `position_embeddings` in place of its bicubic resize: (B, 1 [+ registers] + gh * gw, D)."""
+        emb = self.backbone.embeddings
+        grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
+        patches = emb.patch_embeddings(x)
+        h = torch.cat([emb.cls_token.expand(x.shape[0], -1, -1), patches], dim=1)
+        h = h + self.position_embeddings(grid)
+        registers = getattr(emb, "register_tokens", None)
+        if registers is not None:
+            h = torch.cat([h[:, :1], registers.expand(h.shape[0], -1, -1), h[:, 1:]], dim=1)
+        return emb.dropout(h)
+
     def features(self, images: Tensor) -> list[Tensor]:
         """The (1 + len(layers)) maps (B, D, H/p, W/p) of images in [-1, 1]: the patch-embedding output, then
         the output of each chosen block. Runs the blocks only up to the last chosen one."""
         x = self._prepare(images)
         grid = (x.shape[-2] // self.patch_size, x.shape[-1] // self.patch_size)
-        h = self.backbone.embeddings(x)  # CLS (+ registers) + patches, position embeddings interpolated
+        h = self.embed(x)  # CLS (+ registers) + patches, position embeddings resized bilinearly
         maps = [self._to_map(h, grid)]
         wanted = set(self.layers)
         use_ckpt = self.checkpoint_backbone and torch.is_grad_enabled() and h.requires_grad
@@ -523,12 +609,15 @@ class VFMDiscriminator(nn.Module):
         k, b = len(images), images[0].shape[0]
         if isinstance(text_embed, Conditioning):
             text_embed = text_embed.pooled
-        if self.cmapper is not None:
+        n_maps = len(self.heads)
+        if self.cmapper is not None or self.cmappers is not None:
             if text_embed is None:
-                raise ValueError("this discriminator is text conditioned: pass the pooled prompt embedding")
-            cmap = self.cmapper(text_embed.to(self._head_dtype))
+                raise ValueError("this discriminator is text conditioned: pass its text embedding")
+            text = text_embed.to(self._head_dtype)
+            cmaps = ([self.cmapper(text)] * n_maps if self.cmapper is not None
+                     else [m(text) for m in self.cmappers])
         else:
-            cmap = self.cmap_const.expand(b, -1)
+            cmaps = [self.cmap_const.expand(b, -1)] * n_maps
         if self.reference:
             if ref_images is None:
                 raise ValueError("reference=True: pass ref_images (the paired real images)")
@@ -555,9 +644,9 @@ class VFMDiscriminator(nn.Module):
         with self._chunked(self.heads, k):
             outs = [head(feat) for head, feat in zip(self.heads, feats)]
         scale = 1 / math.sqrt(self.head_channels)
-        cond = cmap[:, :, None, None]
         logits = []
         for i, out in enumerate(outs):
+            cond = cmaps[i][:, :, None, None]
             c = cond if refmaps is None else cond + refmaps[i]  # (B, C, h, w), shared by the k batches
             logits.append(((out.unflatten(0, (k, b)) * c).sum(dim=2) * scale).flatten(2))  # (k, B, h*w)
         # one cat per batch: fresh tensors, not views of a joint one (FSDP hooks the outputs of this call)
@@ -712,10 +801,10 @@ class DMD2Discriminator(nn.Module):
 
     The fake score is referenced, not registered: `parameters()`, `state_dict()` and `.to()` cover the head
     only, and `trainable_parameters()` is the head. DMD2 trains the head jointly with the fake model (the
-    classifier loss, weight 1e-2, joins the fake score's loss and optimizer and also reaches its body).
-    Our choice: the head is trained by the discriminator optimizer on the D loss alone; the Distiller's D
-    step reads the body without gradients (`real_fake_logits`) and its G step freezes F and the head, so the
-    body is trained by its own denoising loss only.
+    classifier loss, weight 1e-2, joins the fake score's loss and optimizer and also reaches its body): the
+    Distiller does that with gan.train_fake_score_body (the -dmd2 presets), through
+    `real_fake_logits(..., train_body=True)`. Without it the head is trained by the discriminator optimizer
+    on the D loss alone and the body by its own denoising loss only. The G step always freezes F and the head.
     """
 
     def __init__(self, fake_score: Denoiser, *, latent_size: int | Sequence[int] | None = None,
@@ -772,14 +861,15 @@ class DMD2Discriminator(nn.Module):
         return self.head(feat.to(dtype))
 
     def real_fake_logits(self, real_t: Tensor, fake_t: Tensor, sigma: Tensor,
-                         cond: Conditioning) -> tuple[Tensor, Tensor]:
+                         cond: Conditioning, train_body: bool = False) -> tuple[Tensor, Tensor]:
         """(D(real_t), D(fake_t)) for the discriminator's own step: one fake-score forward on the concatenated
-        batch, read without gradients (the D loss trains the head only; see the class docstring), then the
-        head. Equals two `forward` calls up to float rounding (the fake score and the head's GroupNorm are
-        per-sample); unlike them, no gradient reaches the inputs or the fake score's body."""
+        batch, then the head. Equals two `forward` calls up to float rounding (the fake score and the head's
+        GroupNorm are per-sample). By default the body is read without gradients (the D loss trains the head
+        only); train_body=True keeps them, so the loss also trains the fake score's body (DMD2's recipe,
+        gan.train_fake_score_body)."""
         if real_t.shape != fake_t.shape:
             raise ValueError(f"real {tuple(real_t.shape)} and fake {tuple(fake_t.shape)} inputs must have one shape")
-        with torch.no_grad():
+        with contextlib.nullcontext() if train_body else torch.no_grad():
             feat = self.bottleneck(torch.cat([real_t, fake_t]), torch.cat([sigma, sigma]),
                                    Conditioning.cat([cond, cond]))
         logits = self.head(feat.to(next(self.head.parameters()).dtype))
@@ -819,7 +909,7 @@ def pooled_dim(denoiser: Denoiser) -> int | None:
 def build_discriminator(gan, fake_score: Denoiser, *, text_dim: int | None = None,
                         backbone: nn.Module | None = None, image_size: int | Sequence[int] | None = None,
                         latent_size: int | Sequence[int] | None = None,
-                        hidden_channels: int | None = None) -> nn.Module | None:
+                        hidden_channels: int | None = None, text_encoder: nn.Module | None = None) -> nn.Module | None:
     """The discriminator a GANConfig (`gan`) asks for, or None for kind "none".
 
     For the Distiller's `make_discriminator(fake_score)`:
@@ -829,11 +919,26 @@ def build_discriminator(gan, fake_score: Denoiser, *, text_dim: int | None = Non
     gan.backbone; image_size (the judged images' side) clamps the heads' downsamples to the token grid.
     dmd2: latent_size sizes the head for the bottleneck map (default: the backbone's sample_size).
     hidden_channels: width inside the heads (None: the paper's / DMD2's, i.e. the feature width).
+    text_encoder: gan.text_condition "clip": D's own frozen text encoder (`encode(prompts)`, `dim`); default: loaded
+    from gan.text_encoder (senseflow.models.clip_text, local files only). Its width replaces text_dim.
     """
     if gan.kind == "none":
         return None
     if gan.kind == "vfm":
+        condition = getattr(gan, "text_condition", "pooled_shared")
+        if condition not in TEXT_CONDITIONS:
+            raise ValueError(f"gan.text_condition must be one of {TEXT_CONDITIONS}, got {condition!r}")
+        if condition == "clip":
+            if text_encoder is None:
+                from senseflow.models.clip_text import load_clip_text
+
+                text_encoder = load_clip_text(gan.text_encoder)
+            text_dim = text_encoder.dim
+        else:
+            text_encoder = None
         return VFMDiscriminator(backbone if backbone is not None else gan.backbone,
+                                text_mapper="shared" if condition == "pooled_shared" else "per_head",
+                                text_encoder=text_encoder,
                                 text_dim=text_dim if text_dim is not None else pooled_dim(fake_score),
                                 layers=gan.layers, head_channels=gan.head_channels, hidden_channels=hidden_channels,
                                 virtual_batch=gan.virtual_batch, diffaug=gan.diffaug, reference=gan.reference,

@@ -10,6 +10,7 @@ index and backward-simulation coin are shared across ranks while the noise diffe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 from dataclasses import dataclass
 
@@ -33,6 +34,7 @@ class Batch:
     pixels: Tensor
     cond: Conditioning
     prompts: list[str] | None = None
+    disc_text: Tensor | None = None  # D's own text embedding of the prompts (gan.text_condition=clip), per step
 
 
 def step_generator(seed: int, iteration: int, stream: int = 0, rank: int = 0) -> torch.Generator:
@@ -94,7 +96,7 @@ class Distiller(nn.Module):
         self.text_encoder = text_encoder
         self.codec = codec
         self.register_buffer("sigma_table", sigma_table.float(), persistent=False)
-        self.few_step = FewStepGenerator(cfg.generator.anchor_indices, sigma_table)
+        self.few_step = FewStepGenerator(cfg.generator.anchor_indices, sigma_table, cfg.generator.pure_noise_start)
         discriminator = make_discriminator(self.fake_score) if make_discriminator is not None else None
         self.discriminator = discriminator
         if prepare is not None:
@@ -139,7 +141,8 @@ class Distiller(nn.Module):
         d = self.discriminator
         if self.cfg.gan.kind == "vfm":
             ref = batch.pixels if self.cfg.gan.reference else None
-            args, kwargs = (batch.cond.pooled,), {"ref_images": ref, "augment": True, "generator": g}
+            text = batch.disc_text if batch.disc_text is not None else batch.cond.pooled
+            args, kwargs = (text,), {"ref_images": ref, "augment": True, "generator": g}
         else:
             args, kwargs = (sigma, batch.cond), {}
         if real is None:
@@ -158,6 +161,8 @@ class Distiller(nn.Module):
             return self.few_step.backward_simulate(self.generator, batch.cond, k, tuple(batch.latents.shape),
                                                    generator=g, device=self.device)
         noise = self._randn(batch.latents.shape, g)
+        if k == 0 and self.few_step.pure_noise_start:
+            return self.few_step.start(noise)  # DMD2's pure_noise_mask: no trace of the real latent
         return flow.interpolate(batch.latents, noise, torch.full((b,), sigma_k, device=self.device))
 
     def step(self, iteration: int, batch: Batch) -> dict[str, float]:
@@ -175,6 +180,8 @@ class Distiller(nn.Module):
         sigma_i = torch.full((b,), self.few_step.sigma(k), device=self.device)
         sigma_next = torch.full((b,), self.few_step.sigma(k + 1), device=self.device)
         x_i = self.generator_input(batch, k, backsim, local)
+        if self._gan_enabled() and getattr(self.discriminator, "encodes_text", False):
+            batch = dataclasses.replace(batch, disc_text=self.discriminator.encode_text(batch.prompts))
 
         with contextlib.nullcontext() if gen_step else torch.no_grad():
             v_g = self.generator(x_i, sigma_i, batch.cond)
@@ -183,6 +190,9 @@ class Distiller(nn.Module):
         if gen_step:
             out.update(self._generator_update(batch, x_i, v_g, x0_g, sigma_i, sigma_next, k, local))
         x0_g = x0_g.detach()
+        if self._gan_enabled() and cfg.gan.kind == "dmd2" and cfg.gan.train_fake_score_body:
+            out.update(self._guidance_update(batch, x0_g, sigma_i, local))  # DMD2: F and its classifier together
+            return out
         out.update(self._fake_score_update(batch, x0_g, local))
         if self._gan_enabled():
             out.update(self._discriminator_update(batch, x0_g, sigma_i, local))
@@ -216,7 +226,9 @@ class Distiller(nn.Module):
                 d_params = list(self.discriminator.trainable_parameters())
                 if cfg.gan.kind == "vfm":
                     pixels = self.codec.decode(x0_g)
-                    with frozen(d_params):
+                    # gan.d_receives_g_gradient (the authors' trainers): D stays trainable here, so this
+                    # backward also leaves the generator loss's gradient in D's .grad for D's own step
+                    with contextlib.nullcontext() if cfg.gan.d_receives_g_gradient else frozen(d_params):
                         logits = self._disc_logits(pixels, batch, None, g)
                     loss_adv = losses.hinge_g_loss(logits, wgt)
                 else:
@@ -228,7 +240,15 @@ class Distiller(nn.Module):
                 total = total + cfg.gan.weight * loss_adv
                 out["loss_adv"] = float(loss_adv.detach())
 
-        if cfg.isg.enabled and cfg.isg.weight > 0:
+        if cfg.isg.enabled and cfg.isg.weight > 0 and cfg.isg.form == "teacher_x0":
+            w_isg = draw_guidance(cfg.isg.guidance, b, g)
+            with torch.no_grad():
+                x0_t = flow.x0_from_velocity(x_i, sigma_i, self._teacher_velocity(x_i, sigma_i, batch.cond, w_isg))
+            loss_isg = losses.isg_teacher_x0_loss(x0_g, x0_t, self._segment_end_scale(k), cfg.isg.distance,
+                                                  cfg.isg.huber_c)
+            total = total + cfg.isg.weight * loss_isg
+            out["loss_isg"] = float(loss_isg.detach())
+        elif cfg.isg.enabled and cfg.isg.weight > 0:
             idx_i = torch.full((b,), self.few_step.index(k), dtype=torch.long)
             idx_n = torch.full((b,), self.few_step.index(k + 1), dtype=torch.long)
             t_mid = losses.sample_isg_midpoint(idx_i, idx_n, cfg.isg.margin, self.sigma_table.cpu(), g).to(self.device)
@@ -252,7 +272,8 @@ class Distiller(nn.Module):
         out["loss_g"] = float(total.detach())
         return out
 
-    def _fake_score_update(self, batch: Batch, x0_g: Tensor, g: torch.Generator) -> dict[str, float]:
+    def _fake_score_loss(self, batch: Batch, x0_g: Tensor, g: torch.Generator) -> Tensor:
+        """F's denoising loss on the generator's (detached) samples at a fresh time and noise."""
         cfg = self.cfg
         b = x0_g.shape[0]
         t = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), g).to(self.device)
@@ -260,9 +281,11 @@ class Distiller(nn.Module):
         x_t = flow.interpolate(x0_g, eps, t)
         v = self.fake_score(x_t, t, batch.cond)
         if cfg.fake_score.loss == "epsilon":
-            loss = losses.epsilon_loss(flow.noise_from_velocity(x_t, t, v), eps)
-        else:
-            loss = losses.fake_score_loss(v, eps, x0_g)
+            return losses.epsilon_loss(flow.noise_from_velocity(x_t, t, v), eps)
+        return losses.fake_score_loss(v, eps, x0_g)
+
+    def _fake_score_update(self, batch: Batch, x0_g: Tensor, g: torch.Generator) -> dict[str, float]:
+        loss = self._fake_score_loss(batch, x0_g, g)
         self.opt_f.zero_grad(set_to_none=True)
         loss.backward()
         norm = self._clip(self.fake_score.parameters())
@@ -272,9 +295,9 @@ class Distiller(nn.Module):
 
     def _discriminator_update(self, batch: Batch, x0_g: Tensor, sigma_i: Tensor, g: torch.Generator) -> dict[str, float]:
         cfg = self.cfg
+        # D steps on every iteration, also where omega is 0 (its loss and gradient are then 0, but Adam's
+        # moments and the spectral norms' power iterations still move), as the authors' trainers do
         wgt = losses.omega(sigma_i, cfg.gan.omega)
-        if float(wgt.abs().max()) == 0:
-            return {"loss_disc": 0.0}
         if cfg.gan.kind == "vfm":
             with torch.no_grad():
                 fake_pixels = self.codec.decode(x0_g)
@@ -288,13 +311,50 @@ class Distiller(nn.Module):
             real_logits, fake_logits = self._disc_logits(fake_t, batch, t, g, real=real_t)
             loss = losses.logistic_d_loss(real_logits, fake_logits, wgt)
         loss = cfg.gan.disc_weight * loss
-        self.opt_d.zero_grad(set_to_none=True)
+        if not cfg.gan.d_receives_g_gradient:
+            self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
         norm = self._clip(self.discriminator.trainable_parameters())
         self.opt_d.step()
         self.opt_d.zero_grad(set_to_none=True)
         self.fake_score.zero_grad(set_to_none=True)  # DMD2 head: the body is trained by its own loss only
         return {"loss_disc": float(loss.detach()), "grad_norm_d": norm,
+                "d_real": float(real_logits.detach().mean()), "d_fake": float(fake_logits.detach().mean())}
+
+    def _segment_end_scale(self, k: int) -> float:
+        """The factor of x0 in the backbone's own input at the end of segment k (ISG teacher_x0 form): the
+        authors' SDXL form re-noises both x0 to DDPM step t_prev (the next anchor; 0 after the last) with the same
+        noise, so their difference is sqrt(alpha_bar(t_prev)) (x0_G - x0_teacher); for flow families 1 - sigma."""
+        idx = max(self.few_step.index(k + 1), 0)
+        sigma = float(self.sigma_table[idx])
+        if getattr(self.teacher, "family", "") == "sdxl":
+            from senseflow.models.sdxl import alpha_bar_from_sigma
+
+            return float(alpha_bar_from_sigma(sigma).sqrt())
+        return 1.0 - sigma
+
+    def _guidance_update(self, batch: Batch, x0_g: Tensor, sigma_i: Tensor, g: torch.Generator) -> dict[str, float]:
+        """DMD2's guidance step: the fake score's denoising loss plus disc_weight x its classifier loss, one
+        backward through F's body and the head, one clip over both, then both optimizers step."""
+        cfg = self.cfg
+        b = x0_g.shape[0]
+        loss_fake = self._fake_score_loss(batch, x0_g, g)
+        tc = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), g).to(self.device)
+        real_t = flow.interpolate(batch.latents, self._randn(x0_g.shape, g), tc)
+        fake_t = flow.interpolate(x0_g, self._randn(x0_g.shape, g), tc)
+        real_logits, fake_logits = self.discriminator.real_fake_logits(real_t, fake_t, tc, batch.cond, train_body=True)
+        loss_cls = losses.logistic_d_loss(real_logits, fake_logits, losses.omega(sigma_i, cfg.gan.omega))
+        loss = loss_fake + cfg.gan.disc_weight * loss_cls
+        self.opt_f.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = self._clip(list(self.fake_score.parameters()) + list(self.discriminator.trainable_parameters()))
+        self.opt_f.step()
+        self.opt_d.step()
+        self.opt_f.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
+        return {"loss_fake": float(loss_fake.detach()), "grad_norm_f": norm,
+                "loss_disc": float((cfg.gan.disc_weight * loss_cls).detach()), "grad_norm_d": norm,
                 "d_real": float(real_logits.detach().mean()), "d_fake": float(fake_logits.detach().mean())}
 
     # ------------------------------------------------------------------ inference

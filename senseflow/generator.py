@@ -7,6 +7,8 @@ sigma_0 = 1 > sigma_1 > ... > sigma_{K-1}; segment k runs from sigma_k to sigma_
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from senseflow import flow
@@ -15,13 +17,29 @@ from senseflow.models.base import Conditioning, Denoiser
 Tensor = torch.Tensor
 
 
-class FewStepGenerator:
-    """Anchors expressed as indices into the family's sigma table (index 999 = sigma 1)."""
+def pure_noise_scale(sigma: float) -> float:
+    """sqrt((1 - s)^2 + s^2) = 1 / c(s): the x_s whose DDPM latent c(s) x_s is unit-variance noise is
+    noise * pure_noise_scale(s) (senseflow.models.sdxl). 1 at sigma 1, where x_s is pure noise anyway."""
+    return math.sqrt((1 - sigma) ** 2 + sigma ** 2)
 
-    def __init__(self, anchor_indices: list[int], sigma_table: Tensor):
+
+class FewStepGenerator:
+    """Anchors expressed as indices into the family's sigma table (index 999 = sigma 1).
+
+    pure_noise_start: the input at anchor 0 is `noise * pure_noise_scale(sigma_0)` (SDXL as DMD2 trains and
+    samples it: the UNet's first input is unit-variance noise, not c(sigma_0) * noise); otherwise the noise
+    itself, which is the same wherever sigma_0 = 1.
+    """
+
+    def __init__(self, anchor_indices: list[int], sigma_table: Tensor, pure_noise_start: bool = False):
         self.anchor_indices = list(anchor_indices)
         self.sigma_table = sigma_table.float()
         self.sigmas = [float(self.sigma_table[i]) for i in self.anchor_indices]
+        self.pure_noise_start = pure_noise_start
+
+    def start(self, noise: Tensor) -> Tensor:
+        """The generator's input at anchor 0 for this noise."""
+        return noise * pure_noise_scale(self.sigmas[0]) if self.pure_noise_start else noise
 
     @property
     def num_steps(self) -> int:
@@ -43,7 +61,7 @@ class FewStepGenerator:
         From pure noise, run the current student over anchors 0..k-1, each time predicting x0 and
         re-noising it with fresh noise to the next anchor. k = 0 returns pure noise.
         """
-        x = torch.randn(shape, generator=generator).to(device)
+        x = self.start(torch.randn(shape, generator=generator).to(device))
         for j in range(k):
             s = torch.full((shape[0],), self.sigma(j), device=device)
             x0 = student.x0(x, s, cond)
@@ -61,7 +79,7 @@ class FewStepGenerator:
         """
         if sampler not in ("stochastic", "euler"):
             raise ValueError(f"sampler must be 'stochastic' or 'euler', got {sampler!r}")
-        x = noise
+        x = self.start(noise)
         b = x.shape[0]
         for k in range(self.num_steps):
             s = torch.full((b,), self.sigma(k), device=x.device)

@@ -85,6 +85,19 @@ def isg_loss(v_g: Tensor, x_i: Tensor, sigma_i: Tensor, sigma_next: Tensor, x_ta
     return distance(x_dir, x_tar.detach(), kind, c)
 
 
+def isg_teacher_x0_loss(x0_g: Tensor, x0_teacher: Tensor, scale: float, kind: str = "pseudo_huber",
+                        c: float = 1e-3) -> Tensor:
+    """The authors' released SDXL form of ISG: d(scale * x0_G, sg(scale * x0_teacher)).
+
+    Their SDXL trainer re-noises the teacher's one-step x0 (guided, at the anchor) to a midpoint with the
+    teacher's own noise, reads x0 back from it with that same noise (which returns the teacher's x0 exactly),
+    and re-noises both it and G's x0 to the segment end with one shared noise; the noise cancels in the
+    difference, leaving scale * (x0_G - x0_teacher) with scale = sqrt(alpha_bar) at the segment end. The
+    value does not depend on the midpoint.
+    """
+    return distance(scale * x0_g.float(), (scale * x0_teacher.float()).detach(), kind, c)
+
+
 def sample_isg_midpoint(idx_i: Tensor, idx_next: Tensor, margin: int, table: Tensor,
                         generator: torch.Generator | None = None) -> Tensor:
     """t_mid = table[j], j uniform in [idx_next + margin, idx_i - margin] per sample (idx_next = -1 for sigma 0).
@@ -108,15 +121,17 @@ def sample_isg_midpoint(idx_i: Tensor, idx_next: Tensor, margin: int, table: Ten
 def omega(sigma: Tensor, kind: str) -> Tensor:
     """Weight of the GAN terms at the generator's anchor sigma.
 
-    paper: (1 - sigma)^2 (FLUX settings); sd35: shift(1 - unshift(sigma, 3), 3)^2, the SD3.5 settings'
-    larger middle-anchor weight; sdxl: sqrt(alpha_bar) written in sigma; one: 1.
+    paper: (1 - sigma)^2 (FLUX settings); sd35: the authors' SD3.5 weight, the square of the shift-3 training
+    table read backwards at the anchor's index i (table[999 - i]^2 = shift(1 - u + 1/1000, 3)^2 with
+    u = unshift(sigma, 3) = (i + 1) / 1000), a larger middle-anchor weight; sdxl: sqrt(alpha_bar) written in
+    sigma; one: 1.
     """
     s = sigma.float()
     if kind == "paper":
         return (1 - s) ** 2
     if kind == "sd35":
         unshifted = s / (3 - 2 * s)
-        return flow.shift(1 - unshifted, 3.0) ** 2
+        return flow.shift((1 - unshifted + 1e-3).clamp(max=1.0), 3.0) ** 2
     if kind == "sdxl":
         return (1 - s) / torch.sqrt((1 - s) ** 2 + s ** 2)
     if kind == "one":

@@ -197,7 +197,8 @@ def test_pseudo_huber_and_omega_values():
     assert float(losses.pseudo_huber(a, b, 1e-3)) == pytest.approx((0 + (3.0000001666 - 1e-3)) / 2, rel=1e-5)
     s = torch.tensor([1.0, 0.9, 0.75, 0.5])
     assert torch.allclose(losses.omega(s, "paper"), torch.tensor([0.0, 0.01, 0.0625, 0.25]))
-    assert torch.allclose(losses.omega(s, "sd35"), torch.tensor([0.0, 0.25, 0.5625, 0.81]), atol=1e-4)
+    # the authors' SD3.5 time weight: FlowMatchEuler(shift 3).sigmas[anchor index]^2 (their sigmas_timew)
+    assert torch.allclose(losses.omega(s, "sd35"), torch.tensor([8.964e-6, 0.25133, 0.56362, 0.81086]), atol=2e-5)
     t_sdxl = losses.omega(torch.tensor([0.5]), "sdxl")
     assert float(t_sdxl) == pytest.approx(2 ** -0.5)
 

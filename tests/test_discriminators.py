@@ -200,15 +200,42 @@ def test_default_layers_and_downsample_clamp():
 # ----------------------------------------------------------------------------- VFM discriminator
 def test_features_match_the_backbones_hidden_states(dino):
     d = VFMDiscriminator(dino, text_dim=8, layers=[1, 3], reference=False)
-    x = _images(2, 3, 12)
+    x = _images(2, 3, 8)  # the backbone's own 4x4 grid: no position-embedding resize, transformers' exact path
     maps = d.features(x)
     pix = ((x + 1) / 2 - d.pixel_mean) / d.pixel_std
     hs = dino(pixel_values=pix, output_hidden_states=True).hidden_states  # (embeddings, block 0, ..., block 3)
     assert len(maps) == 3
     for m, idx in zip(maps, (0, 2, 4)):
         tok = hs[idx][:, 1:] + hs[idx][:, :1]
-        assert m.shape == (2, 32, 6, 6)  # 12 px / patch 2, position embeddings interpolated from 4x4
-        assert torch.allclose(m, tok.transpose(1, 2).reshape(2, 32, 6, 6), atol=1e-5)
+        assert m.shape == (2, 32, 4, 4)
+        assert torch.equal(m, tok.transpose(1, 2).reshape(2, 32, 4, 4))
+
+
+def test_position_embeddings_are_resized_bilinearly_as_the_authors_do(dino):
+    """The authors resize DINO's position grid bilinearly (align_corners=False); transformers' Dinov2 does it
+    bicubically. At 12 px (6x6 patches from the stored 4x4 grid) ours is the bilinear resize exactly, and the
+    patch-embedding map differs from transformers' bicubic one."""
+    import torch.nn.functional as F
+
+    d = VFMDiscriminator(dino, text_dim=8, layers=[3], reference=False)
+    pos = dino.embeddings.position_embeddings
+    grid = pos[:, 1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    want = F.interpolate(grid, size=(6, 5), mode="bilinear", align_corners=False).permute(0, 2, 3, 1).reshape(1, 30, -1)
+    got = d.position_embeddings((6, 5))
+    assert torch.equal(got[:, :1], pos[:, :1]) and torch.allclose(got[:, 1:], want, atol=0, rtol=0)
+    bicubic = F.interpolate(grid, size=(6, 5), mode="bicubic", align_corners=False).permute(0, 2, 3, 1).reshape(1, 30, -1)
+    assert (got[:, 1:] - bicubic).abs().max() > 1e-3
+    assert d.position_embeddings((4, 4)) is pos  # the stored grid, untouched
+    x = _images(2, 3, 12)
+    pix = ((x + 1) / 2 - d.pixel_mean) / d.pixel_std
+    ours, hf = d.embed(pix), dino.embeddings(pix)
+    assert ours.shape == hf.shape == (2, 37, 32)
+    assert torch.equal(ours[:, :1], hf[:, :1])  # the CLS token is not resized
+    assert (ours[:, 1:] - hf[:, 1:]).abs().max() > 1e-4
+    # transformers' embedding layer with the bilinear grid in place of its bicubic one gives ours
+    patches = dino.embeddings.patch_embeddings(pix)
+    manual = torch.cat([dino.embeddings.cls_token.expand(2, -1, -1), patches], 1) + d.position_embeddings((6, 6))
+    assert torch.allclose(ours, manual, atol=1e-6)
 
 
 def test_vfm_output_shapes_tiny_and_32px(dino):
@@ -486,11 +513,82 @@ def test_build_discriminator_from_config(dino):
 
     fake = _sd3_fake()
     assert build_discriminator(GANConfig(kind="none"), fake) is None
-    v = build_discriminator(GANConfig(kind="vfm", virtual_batch=2, reference=False), fake, backbone=dino,
-                            image_size=8)
+    v = build_discriminator(GANConfig(kind="vfm", virtual_batch=2, reference=False, text_condition="pooled_shared"),
+                            fake, backbone=dino, image_size=8)
     assert isinstance(v, VFMDiscriminator) and v.text_dim == 32 and v.heads[0].main[0][1].virtual_batch == 2
+    assert isinstance(v.cmapper, torch.nn.Linear) and v.cmappers is None and not v.encodes_text
     assert v(_images(2, 1, 8), torch.randn(2, 32), generator=_gen(0)).shape == (2, 5)
     dm = build_discriminator(GANConfig(kind="dmd2"), fake, latent_size=16)
     assert isinstance(dm, DMD2Discriminator) and len(dm.head.downs) == 1  # 16 / patch 2 = 8 -> one block
     assert dm(torch.randn(2, 1, 16, 16), torch.tensor([0.5, 0.5]), _cond(2)).shape == (2,)
     assert math.isclose(float(v.pixel_std[0, 0, 0, 0]), 0.229, rel_tol=1e-6)
+
+
+# ----------------------------------------------------------------------------- text conditioning
+def test_equalized_linear_has_the_authors_init_and_a_sqrt_fan_in_slower_adam_step():
+    from senseflow.discriminators import EqualizedLinear
+
+    torch.manual_seed(0)
+    eq = EqualizedLinear(768, 64)
+    assert torch.equal(eq.bias, torch.zeros(64)) and abs(float(eq.weight.detach().std()) - 1.0) < 0.01  # N(0, 1) raw weights
+    x = torch.randn(5, 768)
+    assert torch.allclose(eq(x), x @ (eq.weight / math.sqrt(768)).t(), atol=1e-5)
+    # one Adam step of lr moves every raw weight by ~lr, so the effective weight moves lr / sqrt(768); a default
+    # nn.Linear's effective weight moves lr: the equalized layer learns ~27.7x slower per step
+    lin = torch.nn.Linear(768, 64)
+    moved = []
+    for m, gain in ((eq, 1 / math.sqrt(768)), (lin, 1.0)):
+        before = m.weight.detach().clone()
+        opt = torch.optim.Adam([m.weight], lr=1e-3)
+        m(x).square().mean().backward()
+        opt.step()
+        moved.append(float((m.weight.detach() - before).abs().mean()) * gain)
+    assert 25 < moved[1] / moved[0] < 30
+
+
+def test_vfm_text_condition_clip_per_head_and_pooled_shared(dino):
+    from senseflow.config import GANConfig
+    from senseflow.discriminators import EqualizedLinear
+    from senseflow.models.clip_text import CLIPTextEmbedder, tiny_clip_text
+
+    fake = _sd3_fake()
+    clip = tiny_clip_text(seed=0)  # CLIPTextModelWithProjection of CLIP's architecture, random weights
+    assert isinstance(clip, CLIPTextEmbedder) and clip.dim == 24
+    v = build_discriminator(GANConfig(kind="vfm", reference=False), fake, backbone=dino, image_size=8,
+                            text_encoder=clip)  # text_condition defaults to the authors' "clip"
+    assert v.encodes_text and v.text_dim == 24 and v.cmapper is None
+    assert len(v.cmappers) == len(v.heads) and all(isinstance(m, EqualizedLinear) for m in v.cmappers)
+    # the CLIP tower is D's frozen companion: not trained, not saved, not sharded with D
+    assert not any(k.startswith("_text_encoder") or "model.text_model" in k for k in v.state_dict())
+    assert {id(p) for p in v.trainable_parameters()}.isdisjoint({id(p) for p in clip.parameters()})
+    e = v.encode_text(["a red square", "a cat"])
+    assert e.shape == (2, 24) and torch.equal(e, clip.model(clip.tokenizer(
+        ["a red square", "a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids).text_embeds)
+    out = v(_images(2, 1, 8), e, generator=_gen(0))
+    assert out.shape == (2, 5)
+    # each head has its own text map: changing one head's layer changes that head's logits only
+    v.eval()
+    a = v(_images(2, 1, 8), e, augment=False)
+    with torch.no_grad():
+        v.cmappers[2].bias.add_(1.0)
+    b = v(_images(2, 1, 8), e, augment=False)
+    changed = (a - b).abs() > 0
+    assert changed[:, 2].all() and not changed[:, [0, 1, 3, 4]].any()
+    with pytest.raises(ValueError, match="prompts"):
+        v.encode_text(None)
+    p = build_discriminator(GANConfig(kind="vfm", reference=False, text_condition="pooled_per_head"), fake,
+                            backbone=dino, image_size=8)
+    assert not p.encodes_text and p.text_dim == 32 and len(p.cmappers) == len(p.heads)
+
+
+def test_clip_text_loads_offline_only_with_one_clear_error(tmp_path):
+    from senseflow.models.clip_text import load_clip_text, tiny_clip_text
+    from senseflow.models.loading import ModelNotAvailableError
+
+    with pytest.raises(ModelNotAvailableError, match="gan.text_encoder"):
+        load_clip_text("nobody/no-such-clip-model")
+    tiny = tiny_clip_text(seed=1)
+    tiny.model.save_pretrained(tmp_path / "clip")
+    tiny.tokenizer.save_pretrained(tmp_path / "clip")
+    loaded = load_clip_text(tmp_path / "clip")
+    assert torch.equal(loaded.encode(["a cat"]), tiny.encode(["a cat"]))

@@ -167,8 +167,12 @@ def test_shipped_grids_isolate_what_they_compare():
     # DMD2 -> +IDA+ISG differ only in IDA and ISG
     assert strip(ab["DMD2"], "ida", "isg") == strip(ab["+IDA+ISG"], "ida", "isg")
     assert ab["DMD2"].isg.model_dump(exclude={"enabled"}) == ab["+IDA+ISG"].isg.model_dump(exclude={"enabled"})
-    # +IDA+ISG -> SenseFlow differ only in the discriminator
-    assert strip(ab["+IDA+ISG"], "gan") == strip(ab["SenseFlow"], "gan")
+    # +IDA+ISG -> SenseFlow differ only in the recipe: DMD2's (its head, backward simulation every iteration)
+    # against the authors' (the VFM discriminator, backward simulation on half of the iterations)
+    assert strip(ab["+IDA+ISG"], "gan", "generator") == strip(ab["SenseFlow"], "gan", "generator")
+    assert ab["+IDA+ISG"].generator.model_dump(exclude={"backsim_prob"}) == \
+        ab["SenseFlow"].generator.model_dump(exclude={"backsim_prob"})
+    assert (ab["+IDA+ISG"].generator.backsim_prob, ab["SenseFlow"].generator.backsim_prob) == (1.0, 0.5)
     hard = load_grid(REPO / "experiments/digits/hard.yaml").specs
     worst = [s.cfg for s in hard if s.name.startswith("ttur1 lrG=3x")]
     assert [(c.optim.ttur, round(c.optim.lr_generator / c.optim.lr_fake, 6), c.ida.enabled) for c in worst] == [(1, 3.0, False), (1, 3.0, True)]

@@ -71,6 +71,14 @@ def _clip(tok, hidden: int, projection: int | None, layers: int = 3):
     return model.eval().requires_grad_(False)
 
 
+def tiny_clip_text_model(seed: int = 0, hidden: int = 32, projection: int = 24):
+    """(CLIPTextModelWithProjection, tokenizer): a random-init tiny CLIP text tower, deterministic in seed."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        tok = clip_tokenizer()
+        return _clip(tok, hidden, projection), tok
+
+
 def _t5(tok, d_model: int):
     from transformers import T5Config, T5EncoderModel
 

@@ -3,9 +3,10 @@
     latents = (E(x) - shift_factor) * scaling_factor          decode: D(latents / scaling_factor + shift_factor)
 
 with the family's factors from the VAE config (SD3/SD3.5: 1.5305 / 0.0609; FLUX.1: 0.3611 / 0.1159;
-SDXL: 0.13025 / none). Encoding is deterministic by default: E(x) is the mean of the posterior, which is
-what distillation wants for real latents (the posterior std of these VAEs is tiny). `sample=True` draws
-from the posterior instead (pass a generator to `encode` for reproducibility).
+SDXL: 0.13025 / none). `encode(pixels)` returns the posterior mean unless sampling is asked for (the codec's
+`sample` attribute, or `encode(..., sample=True)`): then it draws from the posterior with the given generator
+(a CPU generator works for CUDA pixels), as the authors and DMD2 produce their real latents
+(`data.latents`, senseflow.data).
 
 The VAE's parameters are frozen, but `decode` keeps the autograd graph w.r.t. its input: the discriminator's
 generator loss back-propagates through the decoder into the generator.
@@ -47,9 +48,10 @@ class VAECodec(LatentCodec):
         return super().train(False)
 
     @torch.no_grad()
-    def encode(self, pixels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def encode(self, pixels: Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
         dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
-        z = dist.sample(generator) if self.sample else dist.mean
+        draw = self.sample if sample is None else sample
+        z = dist.sample(generator) if draw else dist.mean
         return ((z - self.shift_factor) * self.scaling_factor).to(pixels.dtype)
 
     def decode(self, latents: Tensor) -> Tensor:
