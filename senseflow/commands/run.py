@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import typer
@@ -78,6 +79,21 @@ def load_student(path: Path):
     return cfg, components, student, FewStepGenerator(cfg.generator.anchor_indices, components.bundle.sigma_table)
 
 
+def sample_latents(components, student, few, prompts: list[str], n: int, seed: int, sampler: str):
+    """The clean latents `senseflow sample` renders: n per prompt (prompt-major), noise from `seed`.
+
+    The starting noise is torch.randn(N, *latent_shape) from a CPU generator seeded with `seed`, drawn
+    first, and the re-noising sampler's fresh noise comes from the same generator after it.
+    """
+    import torch
+
+    expanded = [p for p in prompts for _ in range(n)]
+    g = torch.Generator().manual_seed(seed)
+    cond = components.bundle.text_encoder.encode(expanded)
+    noise = torch.randn((len(expanded), *components.bundle.latent_shape), generator=g)
+    return few.sample(student, cond, noise, sampler, generator=g)
+
+
 @app.command()
 def sample(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint folder"),
            prompt: list[str] = typer.Option(..., "--prompt", "-p", help="prompt (repeatable)"),
@@ -88,6 +104,7 @@ def sample(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint
            out: Path = typer.Option(Path("samples.png"), help="PNG grid to write")):
     """Sample the student: one row per prompt."""
     import torch
+    from torchvision.utils import make_grid
 
     from senseflow.generator import FewStepGenerator
     from senseflow.train import save_png
@@ -102,27 +119,30 @@ def sample(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint
     sampler = sampler or cfg.generator.sampler
     if sampler not in ("euler", "stochastic"):
         raise UserError(f"--sampler={sampler!r} must be 'euler' or 'stochastic'")
-    prompts = [p for p in prompt for _ in range(n)]
-    g = torch.Generator().manual_seed(seed)
-    cond = components.bundle.text_encoder.encode(prompts)
-    noise = torch.randn((len(prompts), *components.bundle.latent_shape), generator=g)
-    x0 = few.sample(student, cond, noise, sampler, generator=g)
-    imgs = components.render(x0)
-    rows, (h, w, c) = len(prompt), imgs.shape[1:]
-    grid = imgs.reshape(rows, n, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, n * w, c)
-    save_png(grid, out)
-    typer.echo(f"wrote {out} ({rows} prompts x {n} samples, {few.num_steps} {sampler} steps)")
+    imgs = components.render(sample_latents(components, student, few, list(prompt), n, seed, sampler))
+    channels = imgs.shape[-1]
+    grid = make_grid(torch.from_numpy(imgs).permute(0, 3, 1, 2), nrow=n, padding=0)
+    save_png(grid.permute(1, 2, 0)[..., :channels].numpy(), out)  # make_grid repeats one channel to three
+    typer.echo(f"wrote {out} ({len(prompt)} prompts x {n} samples, {few.num_steps} {sampler} steps)")
 
 
 @app.command()
 def export(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint folder"),
-           out_dir: Path = typer.Argument(..., help="folder to write the student in diffusers layout")):
-    """Save the student backbone in diffusers layout (transformer/ or unet/), loadable by from_pretrained."""
+           out_dir: Path = typer.Argument(..., help="folder to write the student in"),
+           complete: bool = typer.Option(None, "--complete/--student-only", help=(
+               "also write the teacher's other components and model_index.json (default: when the teacher is a "
+               "local folder, not a hub id)"))):
+    """Save the student as a diffusers model: backbone, a scheduler that lands on the anchors, a model card."""
     from senseflow.export import export_student
 
     cfg, components, student, _ = load_student(checkpoint)
-    path = export_student(student, out_dir, cfg)
-    typer.echo(f"wrote {path}")
+    path = export_student(student, out_dir, cfg, components.bundle, complete=complete)
+    info = json.loads((path / "senseflow.json").read_text())
+    typer.echo(f"wrote {path} ({'complete pipeline' if info['complete'] else 'student and scheduler'}); "
+               f"sampling calls in {path / 'README.md'}")
+    if not info["default_schedule_exact"] and info["family"] in ("sd3", "flux"):
+        typer.echo(f"note: anchors {info['anchor_indices']} are not equally spaced in the sigma table; the pipeline "
+                   f"needs sigmas={info['anchor_sigmas']} (shown in the model card)")
 
 
 @app.command("eval")
