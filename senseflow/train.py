@@ -240,7 +240,7 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
     bad, state, reason = 0, "completed", ""
     t0 = time.time()
     window: dict[str, list[float]] = {}
-    from tqdm.auto import tqdm
+    from senseflow.progress import bar as tqdm  # plain lines when not on a terminal
 
     bar = tqdm(range(start, end), initial=start, total=cfg.train.iterations, disable=not (progress and main),
                desc=f"{cfg.name} seed {cfg.train.seed}", dynamic_ncols=True, leave=False)
