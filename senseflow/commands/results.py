@@ -134,3 +134,24 @@ def plots(grid: str = typer.Argument(..., help="grid name (output.grid)"),
         raise UserError(f"nothing to plot for grid {grid!r}: no runs of it in {path}")
     for p in written:
         typer.echo(f"wrote {p}")
+
+
+@app.command()
+def report(grid: str = typer.Argument(..., help="grid name (output.grid)"),
+           root: Path = typer.Option(Path("results"), help=ROOT_HELP), db: Path = typer.Option(None),
+           out: Path = typer.Option(None, help="HTML file (default <root>/reports/<grid>.html)"),
+           label: str = typer.Option("final"), sync_first: bool = typer.Option(True, "--sync/--no-sync")):
+    """One self-contained HTML page: ablation table with intervals, curves, sample grids, resolved configs."""
+    from evals.report import build_report
+    from evals.store import sync as do_sync
+
+    path = _db(root, db)
+    if sync_first:
+        do_sync(root, path)
+    if not path.is_file():
+        raise UserError(f"no database at {path}; run `senseflow results sync` first")
+    try:
+        written = build_report(path, grid, out or Path(root) / "reports" / f"{grid}.html", label=label)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    typer.echo(f"wrote {written}")
