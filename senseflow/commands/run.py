@@ -25,9 +25,16 @@ def train(source: str = typer.Argument(..., help="preset name or YAML config"),
 
     from senseflow.parallel import launch_rank
 
+    import os
+
+    if "ACCELERATE_MIXED_PRECISION" in os.environ:  # set by every `accelerate launch`
+        raise UserError("`accelerate launch` is not supported: senseflow does not read accelerate's config (its "
+                        "mixed precision, FSDP, ... settings would be ignored); start several processes with "
+                        "`torchrun --nproc_per_node N -m senseflow train CONFIG` and set train.mixed_precision, "
+                        "train.parallel and train.shard_group in the config")
     cfg = config_mod.resolve(source, overrides or [])
     folder = run_dir or run_dir_for(cfg)
-    main = launch_rank() == 0  # several processes (torchrun, accelerate launch): rank 0 reports
+    main = launch_rank() == 0  # several processes (torchrun, a SLURM profile's tasks): rank 0 reports
     if main:
         typer.echo(f"run folder: {folder}")
     status = execute(cfg, folder, progress=progress, stop_after=stop_after, evaluate=evaluate)
