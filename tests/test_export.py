@@ -191,24 +191,58 @@ def test_scheduler_lands_on_shifted_anchors_and_the_default_does_not():
     assert [round(s, 3) for s in pipeline_schedule("sd3", sd35, 4)] == [1.0, 0.858, 0.602, 0.009]
     sd35.set_timesteps(sigmas=[1.0, 0.9, 0.75, 0.5])
     assert abs(float(sd35.sigmas[1]) - 0.9) > 0.05
+    # the digits world (linear table, SD3-style grid), 3 steps of SD3.5, FLUX's linear table
+    for family, idx, shift in [("digits", [999, 749, 499, 249], 1.0), ("sd3", [999, 666, 333], 3.0),
+                               ("flux", [999, 749, 499, 249], 1.0)]:
+        table = sigma_table_for("flux" if family == "digits" else family, {"shift": shift})
+        sched, exact = student_scheduler(family, idx, table, shift)
+        got = pipeline_schedule("sd3" if family == "digits" else family, sched, len(idx))
+        assert exact and max(abs(g - float(table[i])) for g, i in zip(got, idx)) < 1e-6
+    # anchors that are not equally spaced: no exact default, the explicit sigmas pass through unshifted
+    table = sigma_table_for("sd3", {"shift": 3.0})
+    sched, exact = student_scheduler("sd3", [999, 800, 500, 200], table, 3.0)
+    assert not exact
+    sched.set_timesteps(sigmas=[float(table[i]) for i in (999, 800, 500, 200)])
+    torch.testing.assert_close(sched.sigmas[:-1], table[[999, 800, 500, 200]], atol=1e-6, rtol=0)
 
 
-def test_model_card_front_matter_and_its_code_runs(tmp_path, monkeypatch):
-    _, run = _run_folder(tmp_path, "sd3")
+def test_sdxl_anchors_without_a_ddim_spacing_are_refused():
+    from senseflow.errors import UserError
+    from senseflow.export import student_scheduler
+    from senseflow.models.loading import sigma_table_for
+
+    with pytest.raises(UserError, match=r"generator.anchor_indices=\[999, 800, 500, 200\]"):
+        student_scheduler("sdxl", [999, 800, 500, 200], sigma_table_for("sdxl"), 1.0)
+
+
+LICENCES = {"sd3": ("other", "stabilityai-ai-community"), "flux": ("other", "flux-1-dev-non-commercial-license"),
+             "sdxl": ("openrail++", None)}
+BASES = {"sd3": "stabilityai/stable-diffusion-3.5-large", "flux": "black-forest-labs/FLUX.1-dev",
+         "sdxl": "stabilityai/stable-diffusion-xl-base-1.0"}
+
+
+@pytest.mark.parametrize("family", ["sd3", "flux", "sdxl"])
+def test_model_card_front_matter_and_its_code_runs(tmp_path, monkeypatch, family):
+    _, run = _run_folder(tmp_path, family)
     out = tmp_path / "student"
-    _export(run, out)
+    info = _export(run, out)
     text = (out / "README.md").read_text()
     front = yaml.safe_load(text.split("---")[1])
-    assert front["license"] == "other" and front["license_name"] == "stabilityai-ai-community"
-    assert front["base_model"] == "stabilityai/stable-diffusion-3.5-large" and front["library_name"] == "diffusers"
-    assert "text-to-image" in front["tags"]
+    assert (front["license"], front.get("license_name")) == LICENCES[family]
+    assert front["base_model"] == BASES[family] and front["library_name"] == "diffusers"
+    assert "text-to-image" in front["tags"] and front["pipeline_tag"] == "text-to-image"
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
-    assert len(blocks) == 2 and "stochastic_sampling=True" in blocks[1]
-    assert "num_inference_steps=4" in blocks[0]
+    assert len(blocks) == (1 if family == "sdxl" else 2)
+    if family == "flux":  # the preset's anchors: given as sigmas
+        assert "sigmas=[1, 0.904, 0.759, 0.512]" in blocks[0] and not info["default_schedule_exact"]
+    else:
+        assert "num_inference_steps=4" in blocks[0] and info["default_schedule_exact"]
+    if family != "sdxl":
+        assert "stochastic_sampling=True" in blocks[1]
     monkeypatch.chdir(tmp_path)
     for code in blocks:  # on CPU in float32, as written otherwise
-        exec(code.replace("torch.bfloat16", "torch.float32").replace('"cuda"', '"cpu"'), {})
-    assert (tmp_path / "euler.png").is_file() and (tmp_path / "renoise.png").is_file()
+        exec(code.replace("torch.bfloat16", "torch.float32").replace('"cuda"', '"cpu"').replace("'cuda'", "'cpu'"), {})
+    assert (tmp_path / "euler.png").is_file() and (family == "sdxl" or (tmp_path / "renoise.png").is_file())
 
 
 def test_card_licences_of_flux_and_sdxl(tmp_path):
