@@ -257,3 +257,38 @@ def test_card_licences_of_flux_and_sdxl(tmp_path):
     (tmp_path / "README.md").write_text("---\nlicense: mit\nbase_model: someone/model\n---\n# x\n")
     own = card_metadata(config_mod.resolve("sdxl-senseflow", [f"model.teacher={tmp_path}"]))
     assert own["license"] == "mit" and own["base_model"] == "someone/model"
+
+
+def test_local_teacher_without_training_data_exports_a_complete_pipeline(tmp_path):
+    """A teacher loaded from a local folder (here a tiny SD3 saved by diffusers), and no `data.path` on this
+    machine: export needs neither the data nor a hub, and writes a complete pipeline."""
+    from diffusers import DiffusionPipeline
+
+    teacher = tmp_path / "teacher"
+    tiny_pipeline("sd3", RES).save_pretrained(teacher, safe_serialization=True)
+    cfg = config_mod.resolve(PRESETS["sd3"], [f"model.teacher={teacher}", f"model.resolution={RES}",
+                                              "model.dtype=float32", f"data.path={tmp_path / 'not-here'}"])
+    run = tmp_path / "run"
+    config_mod.save(cfg, run / "config.yaml")
+    ck = run / "checkpoints" / "iter_0000010"
+    ck.mkdir(parents=True)
+    (ck / "trainer.json").write_text("{}")
+    student = tiny_bundle("sd3", RES).teacher.student_copy()
+    with torch.no_grad():
+        for p in student.parameters():
+            p.mul_(1.01)
+    save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(ck / "generator.safetensors"))
+    out = tmp_path / "student"
+    info = _export(run, out)
+    assert info["complete"] and info["default_schedule_exact"]
+    assert {p.name for p in out.iterdir()} >= {"model_index.json", "transformer", "scheduler", "vae", "text_encoder",
+                                              "text_encoder_2", "text_encoder_3", "tokenizer", "tokenizer_2",
+                                              "tokenizer_3", "README.md", "senseflow.json"}
+    _, components, student, few = load_student(run)
+    ours = sample_latents(components, student, few, PROMPTS, 1, 0, "euler")
+    pipe = DiffusionPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    theirs = pipe(prompt=PROMPTS, height=RES, width=RES, num_inference_steps=4, guidance_scale=1.0,
+                  max_sequence_length=info["max_sequence_length"], generator=torch.Generator().manual_seed(0),
+                  output_type="latent").images
+    _compare("sd3", ours, theirs, components)

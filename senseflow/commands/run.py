@@ -80,7 +80,7 @@ def load_student(path: Path):
 
     run_dir, ckpt = resolve_checkpoint(path)
     cfg = config_mod.build(config_mod.load_yaml(run_dir / "config.yaml"))
-    components = build_components(cfg, progress=False)
+    components = build_components(cfg, progress=False, with_data=False)
     student = components.bundle.teacher.student_copy().eval()
     student.load_state_dict(load_generator_weights(ckpt))
     return cfg, components, student, FewStepGenerator(cfg.generator.anchor_indices, components.bundle.sigma_table)
