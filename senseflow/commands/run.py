@@ -31,7 +31,8 @@ def train(source: str = typer.Argument(..., help="preset name or YAML config"),
         raise UserError("`accelerate launch` is not supported: senseflow does not read accelerate's config (its "
                         "mixed precision, FSDP, ... settings would be ignored); start several processes with "
                         "`torchrun --nproc_per_node N -m senseflow train CONFIG` and set train.mixed_precision, "
-                        "train.parallel and train.shard_group in the config")
+                        "train.parallel and train.shard_group in the config (detected from ACCELERATE_MIXED_PRECISION "
+                        "in the environment; unset it if something else set it)")
     cfg = config_mod.resolve(source, overrides or [])
     folder = run_dir or run_dir_for(cfg)
     main = launch_rank() == 0  # several processes (torchrun, a SLURM profile's tasks): rank 0 reports
