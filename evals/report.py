@@ -2,7 +2,8 @@
 
 `build_report(db, grid, results_root, out)` writes a page holding the ablation table (mean and 95 % interval
 per configuration, best per column in bold, as `evals.tables` computes them), training and evaluation curves
-(`evals.plots`), the final sample grid of every run and the resolved config of every run. Everything is inline:
+(`evals.plots`), the teacher next to each configuration on the same prompts, the final sample grid of every
+run and the resolved config of every run. Everything is inline:
 images are PNG data URIs, the style is in the page, there is no script and nothing is fetched, so the file
 works offline, attached to a mail or opened from a cluster's file system.
 """
@@ -51,6 +52,9 @@ best per column in bold; ↓ lower is better, ↑ higher is better.</p>
 {% for p in plots %}<figure><img src="{{ p.src }}" alt="{{ p.name }}"><figcaption>{{ p.name }}</figcaption></figure>
 {% else %}<p>No logged metrics yet.</p>{% endfor %}
 <h2>Samples</h2>
+{% if compare %}<figure><img src="{{ compare }}" alt="teacher and configurations on the same prompts and seeds">
+<figcaption>The teacher and each configuration (lowest seed) on the same prompts and seeds.</figcaption></figure>
+{% endif %}
 {% for r in runs if r.samples %}<figure><img src="{{ r.samples }}" alt="samples of {{ r.variant }} seed {{ r.seed }}">
 <figcaption>{{ r.variant }}, seed {{ r.seed }} ({{ r.state }})</figcaption></figure>
 {% else %}<p>No sample grids yet.</p>{% endfor %}
@@ -96,7 +100,7 @@ def build_report(db_path: str | os.PathLike, grid: str, out_path: str | os.PathL
     """Write the report of `grid` (runs as recorded in the DuckDB file `db_path`) to `out_path`; returns it."""
     from jinja2 import Environment
 
-    from .plots import plot_metric_curves
+    from .plots import plot_grid_samples, plot_metric_curves
 
     _, runs = query(db_path, "select run_id, variant, seed, state, run_dir from runs where grid = ? "
                              "order by variant, seed", [grid])
@@ -118,6 +122,8 @@ def build_report(db_path: str | os.PathLike, grid: str, out_path: str | os.PathL
         for (m,) in evals:
             p = plot_metric_curves(db_path, grid, m, source="eval", out_dir=tmp)
             plots.append({"name": f"{m} (evaluations during training)", "src": data_uri(p)})
+        compare = plot_grid_samples(db_path, grid, Path(tmp) / "samples.png")
+        compare = data_uri(compare) if compare is not None else None
     cells = []
     for run_id, variant, seed, state, run_dir in runs:
         folder = Path(run_dir)
@@ -127,7 +133,7 @@ def build_report(db_path: str | os.PathLike, grid: str, out_path: str | os.PathL
                       "samples": data_uri(samples) if samples.is_file() else None,
                       "config": config.read_text() if config.is_file() else "(no config.yaml)"})
     html = Environment(autoescape=True).from_string(_TEMPLATE).render(
-        grid=grid, label=label, table=table, plots=plots, runs=cells, version=code_version(),
+        grid=grid, label=label, table=table, plots=plots, runs=cells, compare=compare, version=code_version(),
         when=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
+    from evals.metrics import SampleSet
     from senseflow.train import save_png
 
     tmp = tmp_path_factory.mktemp("report")
@@ -36,8 +37,12 @@ def report(tmp_path_factory):
     assert main(["grid", "run", str(path), "--job", "smoke", "--executor", "debug", "--no-sync"]) == 0
     runs = sorted(p for p in (results / "runs" / "rep").iterdir() if (p / "config.yaml").is_file())
     rng = np.random.default_rng(0)
-    for run in runs:  # the smoke job trains nothing: give every run a sample grid as training would
+    prompts = ["a handwritten seven", "a handwritten two"]
+    for run in runs:  # the smoke job trains nothing: give every run the images training and evaluation write
         save_png(rng.integers(0, 255, (16, 64, 1), dtype=np.uint8), run / "samples" / "final.png")
+        for name in ("preview", "teacher_preview"):
+            SampleSet.from_arrays(run / "eval_samples" / name, rng.integers(0, 255, (2, 8, 8, 1), dtype=np.uint8),
+                                  prompts, [0, 0])
     assert main(["results", "report", "rep", "--root", str(results)]) == 0
     return results / "reports" / "rep.html", len(runs)
 
@@ -50,7 +55,8 @@ def test_report_is_self_contained_and_complete(report):
     imgs = re.findall(r'<img src="([^"]+)"', html)
     assert imgs and all(src.startswith("data:image/png;base64,") for src in imgs)
     assert html.count("alt=\"samples of") == n_runs == 4
-    assert len(imgs) > n_runs  # the curves too
+    assert len(imgs) > n_runs + 1  # the curves too
+    assert 'alt="teacher and configurations on the same prompts and seeds"' in html
     table = html[html.index('<table id="ablation">'):html.index("</table>")]
     assert "SenseFlow" in table and "w/o ISG &lt;b&gt;" in table  # names are escaped
     assert re.search(r"\d \[\d[^\]]*, \d[^\]]*\]", table)  # intervals over the two seeds
