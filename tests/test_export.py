@@ -136,6 +136,22 @@ def test_exported_pipeline_samples_equal_senseflow_sample(tmp_path, family, monk
         else:
             torch.testing.assert_close(sched.sigmas[:-1], torch.tensor(info["anchor_sigmas"]), atol=1e-6, rtol=0)
         _compare(family, ours, theirs, components)
+    # the images too: the pipeline's decoded output is `senseflow sample`'s rendering, to rounding
+    ours, components = _ours(run, "euler")
+    pipe = DiffusionPipeline.from_pretrained(out)
+    pipe.set_progress_bar_config(disable=True)
+    kw = dict(num_inference_steps=4)
+    if family != "flux":
+        kw["guidance_scale"] = 1.0
+    if family != "sdxl":
+        kw["max_sequence_length"] = T5_MAX_LENGTH
+    else:
+        kw["latents"] = _sdxl_start(components)
+    images = pipe(prompt=PROMPTS, height=RES, width=RES, generator=torch.Generator().manual_seed(0),
+                  output_type="np", **kw).images
+    theirs_u8 = torch.from_numpy((images * 255).round().astype("uint8")).int()
+    ours_u8 = torch.from_numpy(components.render(ours)).int()
+    assert theirs_u8.shape == ours_u8.shape and (theirs_u8 - ours_u8).abs().max() <= 1
     # the teacher's weights would give other samples: the folder really holds the student
     teacher_pipe = tiny_pipeline(family, RES)
     teacher_pipe.scheduler = pipe.scheduler
