@@ -196,13 +196,25 @@ class GridProgress:
         while not self._stop.wait(self.refresh_s):
             self.refresh()
 
+    def _live_console(self):
+        """The console, narrowed to the terminal when it was given a fixed larger width (lines longer than the
+        terminal would wrap and break the live redraw)."""
+        import shutil
+
+        cols = shutil.get_terminal_size(fallback=(self.console.width, 24)).columns
+        if self.console.width <= cols:
+            return self.console
+        from rich.console import Console
+
+        return Console(file=self.console.file, width=cols, force_terminal=True, highlight=False, emoji=False)
+
     def __enter__(self) -> "GridProgress":
         if self.live:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
             self.progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                                      TextColumn("{task.fields[eta]}"), TimeElapsedColumn(),
-                                     console=self.console, transient=False)
+                                     console=self._live_console(), transient=False)
             self._overall = self.progress.add_task("grid", total=max(1, self.total_iterations()), eta="")
             self.progress.start()
             self.refresh()

@@ -124,3 +124,13 @@ def test_grid_run_in_a_log_has_overview_lines(tmp_path, capsys, monkeypatch):
     overview = [ln for ln in out.splitlines() if "runs done" in ln]
     assert overview and all("/2 runs done" in ln and "ETA" in ln for ln in overview)
     assert sum(ln.strip().startswith("completed ") for ln in out.splitlines()) == 2
+
+
+def test_live_display_fits_the_terminal(tmp_path, monkeypatch):
+    # `grid run` prints tables on a 200-column console; its live bars must fit the real terminal or they wrap
+    monkeypatch.setenv("COLUMNS", "80")
+    screen = io.StringIO()
+    with GridProgress(Console(file=screen, force_terminal=True, width=200), [_spec(tmp_path, "a", 10)],
+                      refresh_s=60) as prog:
+        assert prog.progress.console.width == 80 and prog.progress.console.file is screen
+    assert max(len(ln) for ln in screen.getvalue().replace("\r", "\n").splitlines()) <= 80 + 20  # + escape codes
