@@ -5,9 +5,12 @@ from __future__ import annotations
 import ast
 import re
 import sys
-import tomllib
 from importlib.metadata import packages_distributions
 from pathlib import Path
+
+import pytest
+
+tomllib = pytest.importorskip("tomllib", reason="Python 3.11's tomllib reads pyproject.toml")
 
 REPO = Path(__file__).resolve().parents[1]
 # imported only where they are optional and say how to install them
