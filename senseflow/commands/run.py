@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -24,8 +25,6 @@ def train(source: str = typer.Argument(..., help="preset name or YAML config"),
     from senseflow.run import execute, run_dir_for
 
     from senseflow.parallel import launch_rank
-
-    import os
 
     if "ACCELERATE_MIXED_PRECISION" in os.environ:  # set by every `accelerate launch`
         raise UserError("`accelerate launch` is not supported: senseflow does not read accelerate's config (its "
@@ -150,7 +149,7 @@ def export(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint
                f"sampling calls in {path / 'README.md'}")
     if not info["default_schedule_exact"] and info["family"] in ("sd3", "flux"):
         typer.echo(f"note: anchors {info['anchor_indices']} are not equally spaced in the sigma table; the pipeline "
-                   f"needs sigmas={info['anchor_sigmas']} (shown in the model card)")
+                   f"needs sigmas=[{', '.join(f'{x:.7g}' for x in info['anchor_sigmas'])}] (shown in the model card)")
 
 
 @app.command("eval")
