@@ -18,8 +18,9 @@ table with equally spaced indices are themselves S_s(1 - k delta) (s = the table
     a = d s / (d s - delta (s - 1)),    c = delta a / (d s),    shift_terminal = sigma_{K-1} (when c != 1).
 
 The shift a is fixed at every resolution by dynamic shifting with base_shift = max_shift = ln a. SD3.5's
-anchors [1, .9, .75, .5] (the shift-3 images of [1, .75, .5, .25]) give a = 2 (exactly 2.002 on the SD3 grid)
-and shift_terminal 0.5. Anchors that are not equally spaced in the table (the FLUX preset's [999, 903, 758, 511])
+anchors [1, .9, .75, .5] (the shift-3 images of [1, .75, .5, .25]) give a = 0.999 / 0.499 = 2.002 (2 if the
+SD3 grid ended at 0 instead of 1/1000) and shift_terminal 0.5; every config is checked against the
+scheduler itself before it is written. Anchors that are not equally spaced in the table (the FLUX preset's [999, 903, 758, 511])
 are no such image: then the scheduler applies no shift and the pipeline is given the anchors as `sigmas=`,
 which it uses as they are; `senseflow.json` and the card say which of the two holds. SDXL uses DDIM (eta 0),
 whose step is an exact Euler step in sigma coordinates (tests/test_pipeline_equivalence.py), with the timestep
