@@ -152,6 +152,16 @@ def student_scheduler(family: str, anchor_indices: list[int], sigma_table: torch
     return identity, False
 
 
+def _start_latent_scale(family: str, sigma0: float, pure_noise_start: bool) -> float:
+    """SDXL: what the pipeline's starting latent (DDPM coordinates) must be times unit noise to be senseflow's
+    start. senseflow starts at x = noise (sigma coordinates), whose DDPM latent is c(sigma_0) noise with
+    c = 1 / sqrt((1 - s)^2 + s^2); with pure_noise_start it starts at noise / c(sigma_0), i.e. the DDPM latent
+    is the noise itself, as the pipeline draws it. 1 for the flow families."""
+    if family != "sdxl" or pure_noise_start:
+        return 1.0
+    return 1.0 / math.sqrt((1 - sigma0) ** 2 + sigma0 ** 2)
+
+
 # ----------------------------------------------------------------------------- the model card
 def _teacher_card(teacher: str) -> dict[str, Any]:
     """The teacher's own model card front matter (a local folder's README.md), or {}."""
@@ -199,7 +209,8 @@ def _py_list(xs: list[float]) -> str:
 
 
 def _calls(family: str, here: str, teacher: str, complete: bool, steps: int, anchors: list[float], exact: bool,
-           resolution: int, max_seq: int | None, with_t5: bool, latent_shape: list[int]) -> tuple[str, str]:
+           resolution: int, max_seq: int | None, with_t5: bool, latent_shape: list[int],
+           start_scale: float = 1.0) -> tuple[str, str]:
     """(Euler call, re-noising call) as Python source."""
     pipe_cls, model_cls = _PIPELINES[family]
     sched_cls = "DDIMScheduler" if family == "sdxl" else "FlowMatchEulerDiscreteScheduler"
@@ -219,16 +230,16 @@ def _calls(family: str, here: str, teacher: str, complete: bool, steps: int, anc
     args += [f"height={resolution}", f"width={resolution}"]
     if max_seq and family in ("sd3", "flux"):
         args.append(f"max_sequence_length={max_seq}")
-    if family == "sdxl":
+    custom_start = family == "sdxl" and abs(start_scale - 1) > 1e-6
+    if custom_start:
         args.append("latents=latents")
     gen = 'generator=torch.Generator("cuda").manual_seed(0)'
     call = f'image = pipe("a photo of a cat", {", ".join(args)},\n             {gen}).images[0]'
     pre = ""
-    if family == "sdxl":
-        pre = ("# the student starts from x = noise in sigma coordinates, i.e. the DDPM latent noise * c(t=999)\n"
-               "ab = pipe.scheduler.alphas_cumprod[999]\n"
+    if custom_start:
+        pre = ("# the student was trained from x = noise in sigma coordinates: its DDPM latent is noise * c(sigma_0)\n"
                f"latents = torch.randn(1, {', '.join(map(str, latent_shape))}, generator=torch.Generator().manual_seed(0))"
-               " * (ab.sqrt() + (1 - ab).sqrt())\n"
+               f" * {start_scale:.9g}\n"
                "latents = latents.to('cuda', torch.bfloat16)\n")
     euler = f"{imports}\n\n{load}\n{pre}{call}\nimage.save('euler.png')\n"
     renoise = ""
@@ -263,7 +274,7 @@ def model_card(cfg: RunConfig, info: dict[str, Any], *, here: str = "path/to/thi
     else:
         euler, renoise = _calls(family, here, cfg.model.teacher or "path/to/teacher", info["complete"], k, anchors,
                                 exact, cfg.model.resolution, info.get("max_sequence_length"), cfg.model.with_t5,
-                                info["latent_shape"])
+                                info["latent_shape"], info["start_latent_scale"])
         how = ("`num_inference_steps=" + str(k) + "` with the scheduler in `scheduler/` steps exactly through "
                "these sigmas" if exact else
                "these anchors are not equally spaced in the teacher's sigma table, so no flow-match scheduler setting "
@@ -299,7 +310,7 @@ def model_card(cfg: RunConfig, info: dict[str, Any], *, here: str = "path/to/thi
 
 # ----------------------------------------------------------------------------- the folder
 def export_student(student: Denoiser, out_dir: str | os.PathLike, cfg: RunConfig, bundle: ModelBundle, *,
-                   complete: bool | None = None) -> Path:
+                   complete: bool | None = None, pure_noise_start: bool = False) -> Path:
     """Write the student folder (see the module doc); returns it.
 
     complete: also write the teacher's other components and model_index.json so that
@@ -331,7 +342,9 @@ def export_student(student: Denoiser, out_dir: str | os.PathLike, cfg: RunConfig
             "table_shift": cfg.model.table_shift, "sampler": cfg.generator.sampler, "subfolder": sub,
             "complete": complete, "default_schedule_exact": exact,
             "max_sequence_length": getattr(text, "max_sequence_length", None), "resolution": cfg.model.resolution,
-            "latent_shape": list(bundle.latent_shape), "config": cfg.to_dict()}
+            "latent_shape": list(bundle.latent_shape), "start_latent_scale": _start_latent_scale(
+                family, float(bundle.sigma_table[cfg.generator.anchor_indices[0]]), pure_noise_start),
+            "config": cfg.to_dict()}
     (out / "senseflow.json").write_text(json.dumps(info, indent=1, default=str))
     (out / "README.md").write_text(model_card(cfg, info, here=str(out)))
     return out

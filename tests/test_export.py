@@ -74,12 +74,15 @@ def _ours(run, sampler):
     return x0, components
 
 
-def _sdxl_start(components):
-    # senseflow starts from x = noise in sigma coordinates; the DDPM latent of that point is noise * c(t=999)
+def _sdxl_start(run):
+    # the DDPM latent of senseflow's start: c(sigma_0) * few.start(noise) (x = noise, or noise / c(sigma_0)
+    # with generator.pure_noise_start), as the export's senseflow.json records it
     from senseflow.models.sdxl import latent_scale
 
+    _, components, _, few = load_student(run)
     noise = torch.randn((len(PROMPTS), *components.bundle.latent_shape), generator=torch.Generator().manual_seed(0))
-    return noise * latent_scale(components.bundle.sigma_table[999])
+    x = few.start(noise) if getattr(few, "pure_noise_start", False) else noise
+    return x * latent_scale(components.bundle.sigma_table[few.anchor_indices[0]])
 
 
 def _same_step_noise(monkeypatch, family, components):
@@ -123,12 +126,15 @@ def test_exported_pipeline_samples_equal_senseflow_sample(tmp_path, family, monk
     pipe = DiffusionPipeline.from_pretrained(out)
     assert type(pipe).__name__ == {"sd3": "StableDiffusion3Pipeline", "flux": "FluxPipeline",
                                    "sdxl": "StableDiffusionXLPipeline"}[family]
+    if family == "sdxl":  # the start the card tells users to pass is senseflow's start
+        noise = torch.randn(_sdxl_start(run).shape, generator=torch.Generator().manual_seed(0))
+        torch.testing.assert_close(_sdxl_start(run), noise * info["start_latent_scale"], atol=1e-6, rtol=1e-6)
     samplers = ["euler"] if family == "sdxl" else ["euler", "stochastic"]
     for sampler in samplers:
         ours, components = _ours(run, sampler)
         if sampler == "stochastic":
             _same_step_noise(monkeypatch, family, components)
-        start = _sdxl_start(components) if family == "sdxl" else None
+        start = _sdxl_start(run) if family == "sdxl" else None
         theirs, sched = _pipeline_latents(DiffusionPipeline.from_pretrained(out), family, info, sampler, start)
         # the pipeline stepped through exactly the trained anchors
         if family == "sdxl":
@@ -146,7 +152,7 @@ def test_exported_pipeline_samples_equal_senseflow_sample(tmp_path, family, monk
     if family != "sdxl":
         kw["max_sequence_length"] = T5_MAX_LENGTH
     else:
-        kw["latents"] = _sdxl_start(components)
+        kw["latents"] = _sdxl_start(run)
     images = pipe(prompt=PROMPTS, height=RES, width=RES, generator=torch.Generator().manual_seed(0),
                   output_type="np", **kw).images
     theirs_u8 = torch.from_numpy((images * 255).round().astype("uint8")).int()
@@ -155,7 +161,7 @@ def test_exported_pipeline_samples_equal_senseflow_sample(tmp_path, family, monk
     # the teacher's weights would give other samples: the folder really holds the student
     teacher_pipe = tiny_pipeline(family, RES)
     teacher_pipe.scheduler = pipe.scheduler
-    start = _sdxl_start(components) if family == "sdxl" else None
+    start = _sdxl_start(run) if family == "sdxl" else None
     t_lat, _ = _pipeline_latents(teacher_pipe, family, info, "euler", start)
     ours, _ = _ours(run, "euler")
     if family == "flux":
@@ -185,7 +191,7 @@ def test_student_only_folder_loads_with_the_teachers_components(tmp_path, family
     pipe = DiffusionPipeline.from_pretrained(teacher, **{sub: model_cls.from_pretrained(out, subfolder=sub)},
                                              scheduler=sched_cls.from_pretrained(out, subfolder="scheduler"))
     ours, components = _ours(run, "euler")
-    theirs, sched = _pipeline_latents(pipe, family, info, "euler", _sdxl_start(components) if family == "sdxl" else None)
+    theirs, sched = _pipeline_latents(pipe, family, info, "euler", _sdxl_start(run) if family == "sdxl" else None)
     if family != "sdxl":
         torch.testing.assert_close(sched.sigmas[:-1], torch.tensor(info["anchor_sigmas"]), atol=1e-6, rtol=0)
     _compare(family, ours, theirs, components)

@@ -72,10 +72,24 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
                     "(with generator.safetensors)")
 
 
+def pure_noise_start(cfg) -> bool:
+    """`generator.pure_noise_start` (SDXL: the UNet's first input is unit-variance noise); False where the
+    config predates that field."""
+    return bool(getattr(cfg.generator, "pure_noise_start", False))
+
+
+def few_step_generator(cfg, sigma_table, anchor_indices: list[int] | None = None):
+    """The run's FewStepGenerator, started as in training."""
+    from senseflow.generator import FewStepGenerator
+
+    idx = list(anchor_indices or cfg.generator.anchor_indices)
+    pure = pure_noise_start(cfg)
+    return FewStepGenerator(idx, sigma_table, pure) if pure else FewStepGenerator(idx, sigma_table)
+
+
 def load_student(path: Path):
     """(cfg, components, generator Denoiser, FewStepGenerator) from a run or checkpoint folder."""
     from senseflow.components import build_components
-    from senseflow.generator import FewStepGenerator
     from senseflow.train import load_generator_weights
 
     run_dir, ckpt = resolve_checkpoint(path)
@@ -83,7 +97,7 @@ def load_student(path: Path):
     components = build_components(cfg, progress=False, with_data=False)
     student = components.bundle.teacher.student_copy().eval()
     student.load_state_dict(load_generator_weights(ckpt))
-    return cfg, components, student, FewStepGenerator(cfg.generator.anchor_indices, components.bundle.sigma_table)
+    return cfg, components, student, few_step_generator(cfg, components.bundle.sigma_table)
 
 
 def sample_latents(components, student, few, prompts: list[str], n: int, seed: int, sampler: str):
@@ -113,7 +127,6 @@ def sample(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint
     import torch
     from torchvision.utils import make_grid
 
-    from senseflow.generator import FewStepGenerator
     from senseflow.train import save_png
 
     cfg, components, student, few = load_student(checkpoint)
@@ -122,7 +135,7 @@ def sample(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint
             raise UserError(f"--steps={steps} must be at least 1")
         last = cfg.generator.anchor_indices[-1]
         idx = torch.linspace(999, last, steps).round().long().tolist() if steps > 1 else [999]
-        few = FewStepGenerator(idx, components.bundle.sigma_table)
+        few = few_step_generator(cfg, components.bundle.sigma_table, idx)
     sampler = sampler or cfg.generator.sampler
     if sampler not in ("euler", "stochastic"):
         raise UserError(f"--sampler={sampler!r} must be 'euler' or 'stochastic'")
@@ -143,7 +156,8 @@ def export(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint
     from senseflow.export import export_student
 
     cfg, components, student, _ = load_student(checkpoint)
-    path = export_student(student, out_dir, cfg, components.bundle, complete=complete)
+    path = export_student(student, out_dir, cfg, components.bundle, complete=complete,
+                          pure_noise_start=pure_noise_start(cfg))
     info = json.loads((path / "senseflow.json").read_text())
     typer.echo(f"wrote {path} ({'complete pipeline' if info['complete'] else 'student and scheduler'}); "
                f"sampling calls in {path / 'README.md'}")
