@@ -76,11 +76,14 @@ def _real_components(cfg: RunConfig, with_data: bool = True) -> Components:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bundle = load_bundle(cfg.model.family, cfg.model.teacher, resolution=cfg.model.resolution,
                          dtype=_DTYPES[cfg.model.dtype], device=device, with_t5=cfg.model.with_t5)
+    if not with_data:  # sampling or exporting a trained student: no data, no discriminator
+        return Components(bundle=bundle, data=None,
+                          render=lambda x: to_uint8(bundle.codec.decode(x.to(_DTYPES[cfg.model.dtype]))))
     with torch.no_grad():
         text_dim = bundle.text_encoder.encode(["x"]).pooled.shape[-1]
-    data = ImageTextData(cfg.data.path, cfg.model.resolution, bundle.codec, bundle.text_encoder) if with_data else None
+    data = ImageTextData(cfg.data.path, cfg.model.resolution, bundle.codec, bundle.text_encoder)
     return Components(bundle=bundle, data=data,
                       make_discriminator=make_discriminator_factory(cfg, cfg.gan.backbone, text_dim, cfg.model.resolution,
                                                                          bundle.latent_shape[-2:]),
                       render=lambda x: to_uint8(bundle.codec.decode(x.to(_DTYPES[cfg.model.dtype]))),
-                      sample_prompts=[p for _, p in data.pairs[:4]] if data is not None else [])
+                      sample_prompts=[p for _, p in data.pairs[:4]])
