@@ -5,6 +5,7 @@
   ``train_metrics`` or ``eval_metrics`` of the results database. Size: ``figsize * dpi`` pixels.
 * `plot_sample_grid`: teacher vs each configuration on the same prompts and seeds: one row per
   (prompt, seed), one column per model. Size: ``(label_px + ncols * cell_px) x (header_px + nrows * cell_px)``.
+* `plot_grid_samples`: that grid for a grid's completed runs (their evaluation previews), or None.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 from .metrics import SampleSet, higher_is_better
 from .store import query
 
-__all__ = ["plot_metric_curves", "plot_sample_grid", "sample_grid_size"]
+__all__ = ["plot_metric_curves", "plot_sample_grid", "plot_grid_samples", "sample_grid_size"]
 
 
 def _plt():
@@ -210,3 +211,28 @@ def plot_sample_grid(columns: Mapping[str, SampleSet | str | os.PathLike | np.nd
     fig.savefig(out, dpi=dpi)
     plt.close(fig)
     return out
+
+
+def plot_grid_samples(db_path: str | os.PathLike, grid: str, out_path: str | os.PathLike, *, rows: int = 12,
+                      cell_px: int = 64, label_px: int = 220) -> Path | None:
+    """The teacher, then one run (lowest seed) per configuration, on the same prompts and seeds: the
+    evaluation previews (``eval_samples/preview``, ``teacher_preview``) of the grid's completed runs.
+    None when fewer than two columns have previews."""
+    _, runs = query(db_path, "select variant, seed, run_dir from runs where grid = ? and state = 'completed' "
+                             "order by variant, seed", [grid])
+    columns: dict[str, SampleSet] = {}
+    for variant, _seed, run_dir in runs:
+        preview = Path(run_dir) / "eval_samples" / "preview"
+        teacher = Path(run_dir) / "eval_samples" / "teacher_preview"
+        if "teacher" not in columns and (teacher / "manifest.jsonl").is_file():
+            columns["teacher"] = SampleSet.load(teacher)
+        if variant not in columns and (preview / "manifest.jsonl").is_file():
+            columns[variant] = SampleSet.load(preview)
+    if len(columns) < 2:
+        return None
+    keys, seen = [], set()
+    for prompt, seed in ((x.prompt, x.seed) for x in next(iter(columns.values()))):  # a row per prompt, first seed
+        if prompt not in seen:
+            seen.add(prompt)
+            keys.append((prompt, seed))
+    return plot_sample_grid(columns, keys=keys[:rows], out_path=out_path, cell_px=cell_px, label_px=label_px)

@@ -48,7 +48,7 @@ def generate_samples(generate: GenerateFn, prompts: Sequence[str], seeds: Sequen
     manifest (same index, prompt and seed, file present) are kept and not regenerated; a mismatch
     raises. ``progress`` shows a tqdm bar.
     """
-    from tqdm.auto import tqdm
+    from senseflow.progress import bar as tqdm  # plain lines when not on a terminal
 
     prompts = [str(p) for p in prompts]
     seeds = [int(seeds) + i for i in range(len(prompts))] if isinstance(seeds, (int, np.integer)) \

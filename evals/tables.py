@@ -194,7 +194,8 @@ def build_ablation_table(db_path: str | os.PathLike, grid: str, metrics: Sequenc
     markdown = "\n".join(md) + "\n\n" + "\n".join(notes) + "\n"
 
     # LaTeX
-    tex = [r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * (len(cols) + 1) + "}", r"\toprule",
+    tex = [r"% needs \usepackage{booktabs} in the preamble (\toprule, \midrule, \bottomrule)",
+           r"\begin{table}[t]", r"\centering", r"\begin{tabular}{l" + "r" * (len(cols) + 1) + "}", r"\toprule",
            " & ".join(["Configuration", "Seeds"] + [f"{_latex_escape(DISPLAY_NAMES.get(m, m))} {arrow(m, True)}"
                                                     for m in cols]) + r" \\", r"\midrule"]
     for v in rows_order:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The main job on the embedded digits world: install, build the world, run the ablation grid locally,
-# evaluate, sync DuckDB, print the ablation table and write the plots. Re-running skips finished work.
+# evaluate, sync DuckDB, print the ablation table, write the plots and the HTML report. Re-running skips finished work.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
@@ -12,3 +12,4 @@ $SF world digits baselines --grid digits-ablation
 $SF grid run "$GRID" --executor local
 $SF results table digits-ablation
 $SF results plots digits-ablation
+$SF results report digits-ablation

@@ -40,7 +40,9 @@ def make_discriminator_factory(cfg: RunConfig, backbone, text_dim: int, image_si
     return make
 
 
-def build_components(cfg: RunConfig, progress: bool = True) -> Components:
+def build_components(cfg: RunConfig, progress: bool = True, with_data: bool = True) -> Components:
+    """with_data=False: a real teacher without its training data (sampling and exporting a trained student
+    need no `data.path`); its `data` is None."""
     family = cfg.model.family
     if family == "digits":
         from senseflow.worlds.digits.components import digits_components
@@ -48,7 +50,7 @@ def build_components(cfg: RunConfig, progress: bool = True) -> Components:
         return digits_components(cfg, progress=progress)
     if cfg.model.tiny:
         return _tiny_components(cfg)
-    return _real_components(cfg)
+    return _real_components(cfg, with_data)
 
 
 def _tiny_components(cfg: RunConfig) -> Components:
@@ -75,13 +77,16 @@ def _tiny_components(cfg: RunConfig) -> Components:
                       sample_prompts=SyntheticData.PROMPTS[:2])
 
 
-def _real_components(cfg: RunConfig) -> Components:
+def _real_components(cfg: RunConfig, with_data: bool = True) -> Components:
     from senseflow.data import ImageTextData
     from senseflow.models.loading import load_bundle
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     bundle = load_bundle(cfg.model.family, cfg.model.teacher, resolution=cfg.model.resolution,
                          dtype=_DTYPES[cfg.model.dtype], device=device, with_t5=cfg.model.with_t5)
+    if not with_data:  # sampling or exporting a trained student: no data, no discriminator
+        return Components(bundle=bundle, data=None,
+                          render=lambda x: to_uint8(bundle.codec.decode(x.to(_DTYPES[cfg.model.dtype]))))
     with torch.no_grad():
         text_dim = bundle.text_encoder.encode(["x"]).pooled.shape[-1]
     data = ImageTextData(cfg.data.path, cfg.model.resolution, bundle.codec, bundle.text_encoder,

@@ -63,6 +63,7 @@ EXECUTORS = ("local", "debug", "slurm")
 JOB_FILE = "job.json"          # per run: how it was launched (executor, job id, log files, requeues)
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60
 TERMINAL = ("completed", "failed", "diverged")
+PROGRESS_EVERY_S = 30.0        # how often launch() reports the running cells (on_event "progress")
 
 JobFn = Callable[..., dict]
 
@@ -594,7 +595,7 @@ def launch(specs: list[RunSpec], *, executor: str = "local", profile: SlurmProfi
                     o = _outcome_from(s, j, t0)
                     report.outcomes.append(o)
                     emit("finish", s, state=o.state, reason=o.reason, seconds=o.seconds, job_id=o.job_id)
-            if active and time.time() - last_progress >= 30:
+            if active and time.time() - last_progress >= PROGRESS_EVERY_S:
                 last_progress = time.time()
                 for s, j, _ in active.values():
                     st = read_status(s.run_dir)

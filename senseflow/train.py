@@ -143,9 +143,10 @@ def sample_grid(distiller: Distiller, components: Components, cfg: RunConfig, n_
     noise = torch.randn((len(prompts), *components.bundle.latent_shape), generator=g).to(distiller.device)
     x0 = distiller.sample(cond, noise, cfg.generator.sampler, generator=g)
     imgs = components.render(x0)  # (N, H, W, C)
-    n, h, w, c = imgs.shape
-    rows = len(components.sample_prompts)
-    return imgs.reshape(rows, n_per_prompt, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, n_per_prompt * w, c)
+    from torchvision.utils import make_grid
+
+    grid = make_grid(torch.from_numpy(imgs).permute(0, 3, 1, 2), nrow=n_per_prompt, padding=0)
+    return grid.permute(1, 2, 0)[..., :imgs.shape[-1]].numpy()  # make_grid repeats one channel to three
 
 
 def save_png(img: np.ndarray, path: Path) -> None:
@@ -240,7 +241,7 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
     bad, state, reason = 0, "completed", ""
     t0 = time.time()
     window: dict[str, list[float]] = {}
-    from tqdm.auto import tqdm
+    from senseflow.progress import bar as tqdm  # plain lines when not on a terminal
 
     bar = tqdm(range(start, end), initial=start, total=cfg.train.iterations, disable=not (progress and main),
                desc=f"{cfg.name} seed {cfg.train.seed}", dynamic_ncols=True, leave=False)

@@ -57,6 +57,11 @@ def test_digits_grid_table_and_plots(tmp_path, quick_cache, capsys):
 
     grid_png = Image.open(root / "plots" / "e2e_samples.png")
     assert grid_png.size[0] > 3 * 64     # teacher + two configurations side by side
+    # the report of real runs: every run's samples and config, the teacher-vs-configurations grid, inline
+    assert main(["results", "report", "e2e", "--root", str(root), "--no-sync"]) == 0
+    html = (root / "reports" / "e2e.html").read_text()
+    assert html.count('alt="samples of') == 4 and html.count("<details>") == 4
+    assert 'alt="teacher and configurations' in html and "http" not in html.split("<body>")[1].split("<pre>")[0]
     # a second run of the grid finds everything done
     assert main(["grid", "run", str(grid), "--executor", "debug"]) == 0
     capsys.readouterr()

@@ -64,6 +64,7 @@ def test_ablation_table(db, tmp_path):
     assert "SenseFlow: 1 diverged" in md
 
     tex = files["latex"].read_text()
+    assert tex.startswith(r"% needs \usepackage{booktabs}") and r"\toprule" in tex  # says what it needs
     assert r"\textbf{11.00 $\pm$" in tex and r"w/o ISG" in tex and r"DMD2\_base" in tex and r"FID-T $\downarrow$" in tex
     with open(files["csv"]) as fh:
         recs = {r["variant"]: r for r in csv.DictReader(fh)}

@@ -137,28 +137,31 @@ def run(file: Path = typer.Argument(..., help="grid YAML"),
     specs = grid.select(only)
     _header(grid, specs)
 
+    from senseflow.progress import GridProgress
+
+    prog = GridProgress(out, specs)  # live bars on a terminal, plain lines in logs
+
     def on_event(kind: str, spec: RunSpec | None, **info) -> None:
+        prog.on_event(kind, spec, **info)
         if kind == "skip":
             why = info["state"].split(":", 1)[1]
             extra = f": {info['reason']}" if info.get("reason") else ""
-            out.print(f"  [dim]skip[/] {escape(spec.label)} {spec.run_id} [{_STYLE.get(why, 'white')}]{why}[/]"
-                      f"{escape(extra)}")
+            prog.print(f"  [dim]skip[/] {escape(spec.label)} {spec.run_id} [{_STYLE.get(why, 'white')}]{why}[/]"
+                       f"{escape(extra)}")
         elif kind == "submit":
-            out.print(f"  start {escape(spec.label)} {spec.run_id} (job {info['job_id']})")
-        elif kind == "progress":
-            out.print(f"  ... {escape(spec.label)}: {info.get('state') or 'starting'} "
-                      f"{info.get('iteration') or 0}/{spec.cfg.train.iterations}")
+            prog.print(f"  start {escape(spec.label)} {spec.run_id} (job {info['job_id']})")
         elif kind == "finish":
             st = info["state"]
             reason = f": {info['reason']}" if info.get("reason") and st != "completed" else ""
-            out.print(f"  [{_STYLE.get(st, 'white')}]{st}[/] {escape(spec.label)} {spec.run_id} "
-                      f"in {info.get('seconds', 0):.1f}s{escape(reason)}")
+            prog.print(f"  [{_STYLE.get(st, 'white')}]{st}[/] {escape(spec.label)} {spec.run_id} "
+                       f"in {info.get('seconds', 0):.1f}s{escape(reason)}")
         elif kind == "detach":
-            out.print(f"  submitted SLURM jobs {', '.join(info['jobs'])}; follow with `senseflow grid status {file}`")
+            prog.print(f"  submitted SLURM jobs {', '.join(info['jobs'])}; follow with `senseflow grid status {file}`")
 
     try:
-        report = launch(specs, executor=executor, profile=profile, parallel=parallel, job=job, evaluate=evaluate,
-                        retry_failed=retry_failed, wait=wait, on_event=on_event)
+        with prog:
+            report = launch(specs, executor=executor, profile=profile, parallel=parallel, job=job, evaluate=evaluate,
+                            retry_failed=retry_failed, wait=wait, on_event=on_event)
     except KeyboardInterrupt:
         where = ("the SLURM jobs keep running; follow them with `senseflow grid status`" if executor == "slurm"
                  else "interrupted runs resume from their last checkpoint on the next `grid run`")

@@ -90,8 +90,7 @@ def plots(grid: str = typer.Argument(..., help="grid name (output.grid)"),
           train_metrics: list[str] = typer.Option(["loss_dmd", "loss_fake", "loss_isg", "grad_norm_g"], "--train-metric"),
           sync_first: bool = typer.Option(True, "--sync/--no-sync")):
     """Training curves per configuration (seed bands) and a teacher-vs-configurations sample grid."""
-    from evals.metrics import SampleSet
-    from evals.plots import plot_metric_curves, plot_sample_grid
+    from evals.plots import plot_grid_samples, plot_metric_curves
     from evals.store import query as do_query
     from evals.store import sync as do_sync
 
@@ -111,26 +110,31 @@ def plots(grid: str = typer.Argument(..., help="grid name (output.grid)"),
     for (m,) in evals:
         written.append(plot_metric_curves(path, grid, m, source="eval", out_dir=out_dir))
     # sample grid: the teacher, then one run (lowest seed) per configuration, same prompts and seeds
-    _, runs = do_query(path, "select variant, seed, run_dir from runs where grid = ? and state = 'completed' "
-                             "order by variant, seed", [grid])
-    columns: dict[str, SampleSet] = {}
-    for variant, _seed, run_dir in runs:
-        preview = Path(run_dir) / "eval_samples" / "preview"
-        teacher = Path(run_dir) / "eval_samples" / "teacher_preview"
-        if "teacher" not in columns and (teacher / "manifest.jsonl").is_file():
-            columns["teacher"] = SampleSet.load(teacher)
-        if variant not in columns and (preview / "manifest.jsonl").is_file():
-            columns[variant] = SampleSet.load(preview)
-    if len(columns) > 1:
-        first = next(iter(columns.values()))
-        keys, seen = [], set()
-        for prompt, seed in ((s.prompt, s.seed) for s in first):  # one row per prompt, its first seed
-            if prompt not in seen:
-                seen.add(prompt)
-                keys.append((prompt, seed))
-        written.append(plot_sample_grid(columns, keys=keys[:12], out_path=out_dir / f"{grid}_samples.png",
-                                        cell_px=64, label_px=220))
+    samples = plot_grid_samples(path, grid, out_dir / f"{grid}_samples.png")
+    if samples is not None:
+        written.append(samples)
     if not written:
         raise UserError(f"nothing to plot for grid {grid!r}: no runs of it in {path}")
     for p in written:
         typer.echo(f"wrote {p}")
+
+
+@app.command()
+def report(grid: str = typer.Argument(..., help="grid name (output.grid)"),
+           root: Path = typer.Option(Path("results"), help=ROOT_HELP), db: Path = typer.Option(None),
+           out: Path = typer.Option(None, help="HTML file (default <root>/reports/<grid>.html)"),
+           label: str = typer.Option("final"), sync_first: bool = typer.Option(True, "--sync/--no-sync")):
+    """One self-contained HTML page: ablation table with intervals, curves, sample grids, resolved configs."""
+    from evals.report import build_report
+    from evals.store import sync as do_sync
+
+    path = _db(root, db)
+    if sync_first:
+        do_sync(root, path)
+    if not path.is_file():
+        raise UserError(f"no database at {path}; run `senseflow results sync` first")
+    try:
+        written = build_report(path, grid, out or Path(root) / "reports" / f"{grid}.html", label=label)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    typer.echo(f"wrote {written}")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 from pathlib import Path
 
 import typer
@@ -24,9 +26,15 @@ def train(source: str = typer.Argument(..., help="preset name or YAML config"),
 
     from senseflow.parallel import launch_rank
 
+    if "ACCELERATE_MIXED_PRECISION" in os.environ:  # set by every `accelerate launch`
+        raise UserError("`accelerate launch` is not supported: senseflow does not read accelerate's config (its "
+                        "mixed precision, FSDP, ... settings would be ignored); start several processes with "
+                        "`torchrun --nproc_per_node N -m senseflow train CONFIG` and set train.mixed_precision, "
+                        "train.parallel and train.shard_group in the config (detected from ACCELERATE_MIXED_PRECISION "
+                        "in the environment; unset it if something else set it)")
     cfg = config_mod.resolve(source, overrides or [])
     folder = run_dir or run_dir_for(cfg)
-    main = launch_rank() == 0  # several processes (torchrun, accelerate launch): rank 0 reports
+    main = launch_rank() == 0  # several processes (torchrun, a SLURM profile's tasks): rank 0 reports
     if main:
         typer.echo(f"run folder: {folder}")
     status = execute(cfg, folder, progress=progress, stop_after=stop_after, evaluate=evaluate)
@@ -64,18 +72,47 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
                     "(with generator.safetensors)")
 
 
+def pure_noise_start(cfg) -> bool:
+    """`generator.pure_noise_start` (SDXL: the UNet's first input is unit-variance noise); False where the
+    config predates that field."""
+    return bool(getattr(cfg.generator, "pure_noise_start", False))
+
+
+def few_step_generator(cfg, sigma_table, anchor_indices: list[int] | None = None):
+    """The run's FewStepGenerator, started as in training."""
+    from senseflow.generator import FewStepGenerator
+
+    idx = list(anchor_indices or cfg.generator.anchor_indices)
+    pure = pure_noise_start(cfg)
+    return FewStepGenerator(idx, sigma_table, pure) if pure else FewStepGenerator(idx, sigma_table)
+
+
 def load_student(path: Path):
     """(cfg, components, generator Denoiser, FewStepGenerator) from a run or checkpoint folder."""
     from senseflow.components import build_components
-    from senseflow.generator import FewStepGenerator
     from senseflow.train import load_generator_weights
 
     run_dir, ckpt = resolve_checkpoint(path)
     cfg = config_mod.build(config_mod.load_yaml(run_dir / "config.yaml"))
-    components = build_components(cfg, progress=False)
+    components = build_components(cfg, progress=False, with_data=False)
     student = components.bundle.teacher.student_copy().eval()
     student.load_state_dict(load_generator_weights(ckpt))
-    return cfg, components, student, FewStepGenerator(cfg.generator.anchor_indices, components.bundle.sigma_table)
+    return cfg, components, student, few_step_generator(cfg, components.bundle.sigma_table)
+
+
+def sample_latents(components, student, few, prompts: list[str], n: int, seed: int, sampler: str):
+    """The clean latents `senseflow sample` renders: n per prompt (prompt-major), noise from `seed`.
+
+    The starting noise is torch.randn(N, *latent_shape) from a CPU generator seeded with `seed`, drawn
+    first, and the re-noising sampler's fresh noise comes from the same generator after it.
+    """
+    import torch
+
+    expanded = [p for p in prompts for _ in range(n)]
+    g = torch.Generator().manual_seed(seed)
+    cond = components.bundle.text_encoder.encode(expanded)
+    noise = torch.randn((len(expanded), *components.bundle.latent_shape), generator=g)
+    return few.sample(student, cond, noise, sampler, generator=g)
 
 
 @app.command()
@@ -88,8 +125,8 @@ def sample(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint
            out: Path = typer.Option(Path("samples.png"), help="PNG grid to write")):
     """Sample the student: one row per prompt."""
     import torch
+    from torchvision.utils import make_grid
 
-    from senseflow.generator import FewStepGenerator
     from senseflow.train import save_png
 
     cfg, components, student, few = load_student(checkpoint)
@@ -98,31 +135,35 @@ def sample(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint
             raise UserError(f"--steps={steps} must be at least 1")
         last = cfg.generator.anchor_indices[-1]
         idx = torch.linspace(999, last, steps).round().long().tolist() if steps > 1 else [999]
-        few = FewStepGenerator(idx, components.bundle.sigma_table)
+        few = few_step_generator(cfg, components.bundle.sigma_table, idx)
     sampler = sampler or cfg.generator.sampler
     if sampler not in ("euler", "stochastic"):
         raise UserError(f"--sampler={sampler!r} must be 'euler' or 'stochastic'")
-    prompts = [p for p in prompt for _ in range(n)]
-    g = torch.Generator().manual_seed(seed)
-    cond = components.bundle.text_encoder.encode(prompts)
-    noise = torch.randn((len(prompts), *components.bundle.latent_shape), generator=g)
-    x0 = few.sample(student, cond, noise, sampler, generator=g)
-    imgs = components.render(x0)
-    rows, (h, w, c) = len(prompt), imgs.shape[1:]
-    grid = imgs.reshape(rows, n, h, w, c).transpose(0, 2, 1, 3, 4).reshape(rows * h, n * w, c)
-    save_png(grid, out)
-    typer.echo(f"wrote {out} ({rows} prompts x {n} samples, {few.num_steps} {sampler} steps)")
+    imgs = components.render(sample_latents(components, student, few, list(prompt), n, seed, sampler))
+    channels = imgs.shape[-1]
+    grid = make_grid(torch.from_numpy(imgs).permute(0, 3, 1, 2), nrow=n, padding=0)
+    save_png(grid.permute(1, 2, 0)[..., :channels].numpy(), out)  # make_grid repeats one channel to three
+    typer.echo(f"wrote {out} ({len(prompt)} prompts x {n} samples, {few.num_steps} {sampler} steps)")
 
 
 @app.command()
 def export(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint folder"),
-           out_dir: Path = typer.Argument(..., help="folder to write the student in diffusers layout")):
-    """Save the student backbone in diffusers layout (transformer/ or unet/), loadable by from_pretrained."""
+           out_dir: Path = typer.Argument(..., help="folder to write the student in"),
+           complete: bool = typer.Option(None, "--complete/--student-only", help=(
+               "also write the teacher's other components and model_index.json (default: when the teacher is a "
+               "local folder, not a hub id)"))):
+    """Save the student as a diffusers model: backbone, a scheduler that lands on the anchors, a model card."""
     from senseflow.export import export_student
 
     cfg, components, student, _ = load_student(checkpoint)
-    path = export_student(student, out_dir, cfg)
-    typer.echo(f"wrote {path}")
+    path = export_student(student, out_dir, cfg, components.bundle, complete=complete,
+                          pure_noise_start=pure_noise_start(cfg))
+    info = json.loads((path / "senseflow.json").read_text())
+    typer.echo(f"wrote {path} ({'complete pipeline' if info['complete'] else 'student and scheduler'}); "
+               f"sampling calls in {path / 'README.md'}")
+    if not info["default_schedule_exact"] and info["family"] in ("sd3", "flux"):
+        typer.echo(f"note: anchors {info['anchor_indices']} are not equally spaced in the sigma table; the pipeline "
+                   f"needs sigmas=[{', '.join(f'{x:.7g}' for x in info['anchor_sigmas'])}] (shown in the model card)")
 
 
 @app.command("eval")

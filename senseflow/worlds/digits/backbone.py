@@ -89,7 +89,7 @@ def nt_xent(z1: Tensor, z2: Tensor, temperature: float) -> Tensor:
 
 def pretrain_backbone(cfg: BackboneConfig, train: DigitsSplit, progress: bool = True) -> tuple[nn.Module, list[float]]:
     """Self-supervised pretraining; returns (backbone in eval mode, frozen; per-step losses)."""
-    from tqdm.auto import tqdm
+    from senseflow.progress import bar as tqdm  # plain lines when not on a terminal
 
     g = torch.Generator().manual_seed(cfg.seed)
     backbone = make_backbone(cfg, seed=cfg.seed)

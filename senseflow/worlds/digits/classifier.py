@@ -71,7 +71,7 @@ def random_shift(images: Tensor, generator: torch.Generator, max_shift: int = 1)
 
 def train_classifier(cfg: ClassifierConfig, train: DigitsSplit, progress: bool = True) -> DigitClassifier:
     """Adam with cosine decay, random 1-pixel shifts as augmentation. Returns the classifier in eval mode."""
-    from tqdm.auto import tqdm
+    from senseflow.progress import bar as tqdm  # plain lines when not on a terminal
 
     g = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):

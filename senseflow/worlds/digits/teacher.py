@@ -53,7 +53,7 @@ def train_teacher(cfg: TeacherConfig, train: DigitsSplit, text_encoder: DigitsTe
                   ) -> tuple[SD3Denoiser, list[float]]:
     """Train by rectified flow; returns (the EMA teacher, frozen and in eval mode, per-step training losses).
     `on_step(step, ema)` runs after every step (e.g. to evaluate checkpoints); it must not change `ema`."""
-    from tqdm.auto import tqdm
+    from senseflow.progress import bar as tqdm  # plain lines when not on a terminal
 
     g = torch.Generator().manual_seed(cfg.seed)
     model = SD3Denoiser(make_transformer(cfg, seed=cfg.seed)).train()

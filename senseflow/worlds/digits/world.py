@@ -421,14 +421,11 @@ def save_sample_grids(samples: Tensor, labels: Tensor, directory: Path, per_digi
     directory.mkdir(parents=True, exist_ok=True)
 
     def grid(images: Tensor, cols: int) -> Image.Image:
-        rows = (images.shape[0] + cols - 1) // cols
-        cell = 8 * scale + 2
-        canvas = torch.full((rows * cell, cols * cell), 255, dtype=torch.uint8)
-        pix = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)[:, 0]
-        pix = 255 - pix.repeat_interleave(scale, 1).repeat_interleave(scale, 2)  # dark ink on white
-        for i, im in enumerate(pix):
-            r, c = divmod(i, cols)
-            canvas[r * cell + 1:r * cell + 1 + 8 * scale, c * cell + 1:c * cell + 1 + 8 * scale] = im
+        from torchvision.utils import make_grid
+
+        pix = ((images.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+        pix = 255 - pix.repeat_interleave(scale, 2).repeat_interleave(scale, 3)  # dark ink on white
+        canvas = make_grid(pix, nrow=cols, padding=2, pad_value=255)[0]  # one channel (make_grid repeats it)
         return Image.fromarray(canvas.numpy(), mode="L")
 
     paths = []
