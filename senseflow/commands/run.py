@@ -72,19 +72,12 @@ def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
                     "(with generator.safetensors)")
 
 
-def pure_noise_start(cfg) -> bool:
-    """`generator.pure_noise_start` (SDXL: the UNet's first input is unit-variance noise); False where the
-    config predates that field."""
-    return bool(getattr(cfg.generator, "pure_noise_start", False))
-
-
 def few_step_generator(cfg, sigma_table, anchor_indices: list[int] | None = None):
-    """The run's FewStepGenerator, started as in training."""
+    """The run's FewStepGenerator, started as in training (generator.pure_noise_start included)."""
     from senseflow.generator import FewStepGenerator
 
     idx = list(anchor_indices or cfg.generator.anchor_indices)
-    pure = pure_noise_start(cfg)
-    return FewStepGenerator(idx, sigma_table, pure) if pure else FewStepGenerator(idx, sigma_table)
+    return FewStepGenerator(idx, sigma_table, cfg.generator.pure_noise_start)
 
 
 def load_student(path: Path):
@@ -157,7 +150,7 @@ def export(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint
 
     cfg, components, student, _ = load_student(checkpoint)
     path = export_student(student, out_dir, cfg, components.bundle, complete=complete,
-                          pure_noise_start=pure_noise_start(cfg))
+                          pure_noise_start=cfg.generator.pure_noise_start)
     info = json.loads((path / "senseflow.json").read_text())
     typer.echo(f"wrote {path} ({'complete pipeline' if info['complete'] else 'student and scheduler'}); "
                f"sampling calls in {path / 'README.md'}")
