@@ -225,10 +225,20 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
     if ckpts:
         start = load_checkpoint(ckpts[-1], distiller)
     metrics_path = run_dir / "metrics.jsonl"
+    from senseflow import precision
+
+    compute = (f"{cfg.train.mixed_precision} autocast" if use_cuda and cfg.train.mixed_precision != "no"
+               else "stored dtype")
+    cautions = precision.step_warnings(distiller, cfg)
     if main:
+        import sys
+
+        for line in cautions:
+            print(f"warning: {line}", file=sys.stderr, flush=True)
         write_status(run_dir, cfg, run_id, state="running", iteration=start, started=time.time(), reason="",
                      resumed_from=start or None, device=str(accelerator.device), processes=ctx.world_size,
-                     parallel=ctx.strategy)
+                     parallel=ctx.strategy, precision=precision.describe(distiller, cfg, compute),
+                     optimizer=distiller.optimizer_info, warnings=cautions)
         if start == 0 and metrics_path.exists():
             metrics_path.unlink()
         elif metrics_path.exists():  # drop lines logged after the checkpoint we resume from

@@ -22,7 +22,8 @@ from senseflow.train import checkpoints, train
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 TINY = ["model.tiny=true", "model.resolution=32", "train.batch_size=2", "eval.metrics=[]",
-        "train.mixed_precision=no", "gan.layers=null", "train.log_every=1", "gan.omega=one", "gan.weight=1.0"]
+        "train.mixed_precision=no", "gan.layers=null", "train.log_every=1", "gan.omega=one", "gan.weight=1.0",
+        "optim.eight_bit=false", "model.dtype=float32"]
 
 
 def torchrun(run_dir: Path, preset: str, mode: str, overrides: list[str], stop_after: int | None = None,
@@ -102,3 +103,20 @@ def test_shard_group_must_divide_the_world(tmp_path):
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert env_out.returncode != 0
     assert "train.shard_group=3 does not divide the 2 processes" in env_out.stdout + env_out.stderr
+
+
+@pytest.mark.parametrize("strategy", ["fsdp", "ddp"])
+def test_two_process_run_uses_the_one_process_dtypes(tmp_path, strategy):
+    """One precision policy in every layout: a bf16 teacher, fp32 G/F/D heads, in one process and in two."""
+    over = [o for o in TINY if not o.startswith("model.dtype=")] + [
+        "model.dtype=bfloat16", "train.iterations=1", "optim.ttur=1", f"train.parallel={strategy}"]
+    cfg = C.resolve("sd35-large-senseflow", over)
+    train(cfg, tmp_path / "single", build_components(cfg), progress=False)
+    torchrun(tmp_path / "two", "sd35-large-senseflow", "own", over)
+    one, two = (json.loads((tmp_path / d / "status.json").read_text()) for d in ("single", "two"))
+    assert two["processes"] == 2 and two["parallel"] == strategy
+    assert one["precision"] == two["precision"]
+    assert (one["precision"]["generator"], one["precision"]["teacher"]) == ("float32", "bfloat16")
+    a, b = _weights(tmp_path / "single"), _weights(tmp_path / "two")
+    assert {(p, k): v.dtype for p in a for k, v in a[p].items()} == {(p, k): v.dtype for p in b for k, v in b[p].items()}
+    assert {v.dtype for p in a for v in a[p].values()} == {torch.float32}

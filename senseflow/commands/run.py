@@ -73,7 +73,10 @@ def load_student(path: Path):
     run_dir, ckpt = resolve_checkpoint(path)
     cfg = config_mod.build(config_mod.load_yaml(run_dir / "config.yaml"))
     components = build_components(cfg, progress=False)
-    student = components.bundle.teacher.student_copy().eval()
+    from senseflow.precision import DTYPES
+
+    # in the dtype it was trained in, so the checkpoint's weights load (and export) unrounded
+    student = components.bundle.teacher.student_copy().to(DTYPES[cfg.train.trainable_dtype]).eval()
     student.load_state_dict(load_generator_weights(ckpt))
     return cfg, components, student, FewStepGenerator(cfg.generator.anchor_indices, components.bundle.sigma_table)
 
