@@ -139,7 +139,8 @@ class OptimConfig(_Strict):
         "torch AdamW; auto: 8-bit when bitsandbytes imports. status.json records the optimizer used"))
     grad_clip: float = Field(1.0, gt=0.0)
     ttur: int = Field(5, ge=1, description="generator updated when iteration % ttur == 0")
-    warmup: int = Field(0, ge=0)
+    warmup: int = Field(0, ge=0, description=(
+        "iterations of linear warm-up from lr 0 (DMD2: 500); 0: constant lr, as the authors' configs"))
 
     @field_validator("betas")
     @classmethod

@@ -90,6 +90,12 @@ def make_optimizer(params, lr: float, cfg, eight_bit: bool | None = None) -> tor
                              foreach=True)
 
 
+def warmup_factor(iteration: int, warmup: int) -> float:
+    """The learning-rate multiplier at `iteration`: DMD2's constant-with-warmup (iteration / warmup, then 1;
+    its schedulers step once per iteration, G's too); warmup 0 is the authors' constant rate."""
+    return 1.0 if warmup <= 0 else min(1.0, iteration / warmup)
+
+
 def optimizer_record(optimizer: torch.optim.Optimizer, cfg) -> dict:
     """What status.json says about the optimizer actually built (and what was asked for)."""
     cls = type(optimizer)
@@ -136,6 +142,8 @@ class Distiller(nn.Module):
         self.opt_d = (make_optimizer(discriminator.trainable_parameters(), o.lr_disc, o, eight_bit)
                       if discriminator is not None else None)
         self.optimizer_info = optimizer_record(self.opt_g, o)
+        self._base_lr = [(opt, lr) for opt, lr in ((self.opt_g, o.lr_generator), (self.opt_f, o.lr_fake),
+                                                   (self.opt_d, o.lr_disc)) if opt is not None]
         with torch.no_grad():
             self._uncond = text_encoder.encode([""]).detach()
 
@@ -192,8 +200,17 @@ class Distiller(nn.Module):
         noise = self._randn(batch.latents.shape, g)
         return flow.interpolate(batch.latents, noise, torch.full((b,), sigma_k, device=self.device))
 
+    def set_learning_rates(self, iteration: int) -> None:
+        """Each optimizer's rate for this iteration (a function of the iteration alone, so resume is exact)."""
+        factor = warmup_factor(iteration, self.cfg.optim.warmup)
+        for opt, lr in self._base_lr:
+            for group in opt.param_groups:
+                group["lr"] = lr * factor
+
     def step(self, iteration: int, batch: Batch) -> dict[str, float]:
         cfg = self.cfg
+        if cfg.optim.warmup:
+            self.set_learning_rates(iteration)
         seed = cfg.train.seed
         shared = step_generator(seed, iteration, stream=0)            # same on every rank
         local = step_generator(seed, iteration, stream=1, rank=self.rank)

@@ -168,3 +168,29 @@ def test_config_show_prints_the_authors_precision_and_optimizer(preset, capsys):
     assert t["trainable_dtype"] == want["trainable"] and t["mixed_precision"] == "bf16"
     assert cfg["model"]["dtype"] == "bfloat16"
 
+
+
+def test_warmup_is_dmd2s_constant_with_warmup_and_zero_is_constant():
+    """optim.warmup=W: every optimizer steps with lr * min(1, iteration / W) (DMD2's schedule, stepped once per
+    iteration); W = 0 keeps the configured rate (the authors' constant schedule)."""
+    from senseflow import flow
+    from senseflow.distill import Batch, Distiller, warmup_factor
+    from senseflow.models.base import IdentityCodec
+    from senseflow.worlds.gmm import GMMTeacher, GMMTextEncoder, MLPDenoiser
+
+    assert [warmup_factor(i, 4) for i in range(6)] == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0]
+    assert warmup_factor(0, 0) == 1.0
+    means = torch.tensor([[[2.0, 2.0]], [[-2.0, -2.0]]])
+    teacher, text = GMMTeacher(means, 0.3), GMMTextEncoder(2)
+    for warmup in (4, 0):
+        cfg = C.resolve("digits-senseflow", ["gan.kind=none", "optim.ttur=1", "optim.lr_generator=1e-3",
+                                             "optim.lr_fake=2e-3", f"optim.warmup={warmup}"])
+        d = Distiller(cfg, teacher, text, IdentityCodec(), flow.sigma_table(1000, 1.0),
+                      student_init=MLPDenoiser(2, 2, 8))
+        seen = []
+        for it in range(6):
+            x0 = teacher.sample(torch.zeros(4, dtype=torch.long))
+            d.step(it, Batch(x0, x0, text.encode(["class 0"] * 4)))
+            seen += [d.opt_g.param_groups[0]["lr"], d.opt_f.param_groups[0]["lr"]]
+        want = [lr * warmup_factor(i, warmup) for i in range(6) for lr in (1e-3, 2e-3)]
+        assert seen == pytest.approx(want), (warmup, seen)
