@@ -350,10 +350,13 @@ class Distiller(nn.Module):
     @torch.no_grad()
     def sample(self, cond: Conditioning, noise: Tensor, sampler: str = "stochastic",
                generator: torch.Generator | None = None) -> Tensor:
+        from senseflow import precision
+
         was = self.generator.training
         self.generator.eval()
         try:
-            return self.few_step.sample(self.generator, cond, noise, sampler, generator)
+            with precision.autocast(self.device, self.cfg.train.mixed_precision):
+                return self.few_step.sample(self.generator, cond, noise, sampler, generator)
         finally:
             self.generator.train(was)
 

@@ -67,6 +67,16 @@ def describe(distiller, cfg, compute: str) -> dict[str, str]:
             "discriminator_backbone": first(_backbone(disc)), "compute": compute}
 
 
+def autocast(device: torch.device, mixed_precision: str):
+    """The compute context outside the training step (sampling, evaluation): the run's autocast on a GPU,
+    nothing on a CPU (where accelerate's autocast is off too)."""
+    import contextlib
+
+    if device.type != "cuda" or mixed_precision == "no":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if mixed_precision == "bf16" else torch.float16)
+
+
 def movable_fraction(params, lr: float) -> float:
     """Fraction of the weights that a step of size `lr` changes at all in their stored dtype (a strided
     sample of each tensor; sharded parameters are read through their local shard)."""

@@ -194,3 +194,17 @@ def test_warmup_is_dmd2s_constant_with_warmup_and_zero_is_constant():
             seen += [d.opt_g.param_groups[0]["lr"], d.opt_f.param_groups[0]["lr"]]
         want = [lr * warmup_factor(i, warmup) for i in range(6) for lr in (1e-3, 2e-3)]
         assert seen == pytest.approx(want), (warmup, seen)
+
+
+def test_sampling_computes_in_the_runs_autocast_on_gpus_only():
+    import contextlib
+    import warnings
+
+    from senseflow.precision import autocast
+
+    assert isinstance(autocast(torch.device("cpu"), "bf16"), contextlib.nullcontext)
+    assert isinstance(autocast(torch.device("cuda", 0), "no"), contextlib.nullcontext)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # no CUDA here: torch warns that the context would be disabled
+        ctx = autocast(torch.device("cuda", 0), "bf16")
+    assert isinstance(ctx, torch.autocast) and ctx.device == "cuda" and ctx.fast_dtype == torch.bfloat16
