@@ -223,6 +223,7 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
     start = 0
     ckpts = checkpoints(run_dir)
     if ckpts:
+        _check_same_optimizer(run_dir, cfg, distiller)
         start = load_checkpoint(ckpts[-1], distiller)
     metrics_path = run_dir / "metrics.jsonl"
     from senseflow import precision
@@ -326,6 +327,20 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
         write_status(run_dir, cfg, run_id, state="trained", iteration=done, train_seconds=round(elapsed, 2))
     ctx.barrier()
     return TrainResult("completed", done, run_dir, distiller, "", elapsed)
+
+
+def _check_same_optimizer(run_dir: Path, cfg: RunConfig, distiller: Distiller) -> None:
+    """A checkpoint's optimizer state only loads into the optimizer class that wrote it (optim.eight_bit=auto
+    may choose differently on another machine)."""
+    path = run_dir / "status.json"
+    before = (json.loads(path.read_text()).get("optimizer") or {}) if path.is_file() else {}
+    now = distiller.optimizer_info["class"]
+    if before.get("class") and before["class"] != now:
+        from senseflow.errors import UserError
+
+        raise UserError(f"{run_dir} was trained with {before['class']} and would resume with {now} "
+                        f"(optim.eight_bit={cfg.optim.eight_bit!r}); resume where the same optimizer is available "
+                        "(bitsandbytes for the 8-bit one) or start a new run folder")
 
 
 def _short(m: dict[str, float]) -> str:

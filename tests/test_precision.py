@@ -208,3 +208,22 @@ def test_sampling_computes_in_the_runs_autocast_on_gpus_only():
         warnings.simplefilter("ignore")  # no CUDA here: torch warns that the context would be disabled
         ctx = autocast(torch.device("cuda", 0), "bf16")
     assert isinstance(ctx, torch.autocast) and ctx.device == "cuda" and ctx.fast_dtype == torch.bfloat16
+
+
+def test_resume_refuses_another_optimizer_class(tmp_path):
+    """optim.eight_bit=auto may pick differently on another machine; the checkpoint's optimizer state would not
+    load into the other class, so resuming says so in one line instead."""
+    from senseflow.components import build_components
+    from senseflow.errors import UserError
+    from senseflow.train import train
+
+    cfg = C.resolve("sd35-large-dmd2", TINY + ["optim.eight_bit=auto", "train.iterations=2", "model.dtype=float32"])
+    assert train(cfg, tmp_path, build_components(cfg), progress=False, stop_after=1).state == "stopped"
+    status = json.loads((tmp_path / "status.json").read_text())
+    status["optimizer"]["class"] = "bitsandbytes.optim.adamw.AdamW8bit"
+    (tmp_path / "status.json").write_text(json.dumps(status))
+    with pytest.raises(UserError, match="was trained with bitsandbytes.optim.adamw.AdamW8bit and would resume with"):
+        train(cfg, tmp_path, build_components(cfg), progress=False)
+    status["optimizer"]["class"] = "torch.optim.adamw.AdamW"
+    (tmp_path / "status.json").write_text(json.dumps(status))
+    assert train(cfg, tmp_path, build_components(cfg), progress=False).state == "completed"

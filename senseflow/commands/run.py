@@ -148,6 +148,9 @@ def eval_cmd(run: Path = typer.Argument(..., help="run folder or checkpoint fold
         over.append(f"eval.num_samples={num_samples}")
     cfg = config_mod.build(config_mod.apply_overrides(cfg.to_dict(), over))
     from senseflow.components import build_components
+    from senseflow.distill import eight_bit_choice
+
+    eight_bit_choice(cfg.optim)  # the checkpoint's optimizer state needs the same optimizer: check before loading
 
     components = build_components(cfg, progress=progress)
     b = components.bundle
