@@ -13,9 +13,8 @@ import numpy as np
 import torch
 
 from senseflow.config import RunConfig
+from senseflow.precision import DTYPES as _DTYPES
 from senseflow.train import Components
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from senseflow import flow, losses
+from senseflow import precision
 from senseflow.config import GuidanceConfig, RunConfig, TimestepConfig
 from senseflow.generator import FewStepGenerator
 from senseflow.models.base import Conditioning, Denoiser, LatentCodec, TextEncoder, guided_velocity
@@ -130,8 +131,6 @@ class Distiller(nn.Module):
         self.few_step = FewStepGenerator(cfg.generator.anchor_indices, sigma_table)
         discriminator = make_discriminator(self.fake_score) if make_discriminator is not None else None
         self.discriminator = discriminator
-        from senseflow import precision
-
         precision.apply(self, cfg)  # one policy in every layout: before sharding (prepare) and the optimizers
         if prepare is not None:
             prepare(self)
@@ -350,8 +349,6 @@ class Distiller(nn.Module):
     @torch.no_grad()
     def sample(self, cond: Conditioning, noise: Tensor, sampler: str = "stochastic",
                generator: torch.Generator | None = None) -> Tensor:
-        from senseflow import precision
-
         was = self.generator.training
         self.generator.eval()
         try:

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from senseflow import config as config_mod
+from senseflow import precision
 from senseflow.config import RunConfig
 from senseflow.distill import Batch, Distiller, finite, step_generator
 from senseflow.models.base import ModelBundle
@@ -226,14 +228,10 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
         _check_same_optimizer(run_dir, cfg, distiller)
         start = load_checkpoint(ckpts[-1], distiller)
     metrics_path = run_dir / "metrics.jsonl"
-    from senseflow import precision
-
     compute = (f"{cfg.train.mixed_precision} autocast" if use_cuda and cfg.train.mixed_precision != "no"
                else "stored dtype")
     cautions = precision.step_warnings(distiller, cfg)
     if main:
-        import sys
-
         for line in cautions:
             print(f"warning: {line}", file=sys.stderr, flush=True)
         write_status(run_dir, cfg, run_id, state="running", iteration=start, started=time.time(), reason="",
