@@ -5,14 +5,14 @@
   train FLUX). Both start as copies of the teacher, so without this cast they would inherit its dtype.
 * The discriminator's trainable heads are always float32 (every one of the authors' trainers, FLUX's
   included, keeps them in fp32).
-* The frozen teacher, text encoders, VAE and the discriminator's frozen DINOv2 backbone stay in (or are
-  cast to) `model.dtype`.
+* The frozen teacher, text encoders and VAE are loaded in `model.dtype` (senseflow.components); the
+  discriminator's frozen DINOv2 backbone is cast to it here.
 * Compute: on a GPU with `train.mixed_precision=bf16`, under bf16 autocast (accelerate's in one process;
   in several, FSDP2's MixedPrecisionPolicy gathers the weights in bf16 as well, senseflow.parallel). On a
   CPU each module computes in its stored dtype.
 
 Why it matters: a bf16 weight keeps 8 significant bits, so an update smaller than half its spacing
-(|w| / 256 to |w| / 512) rounds away. AdamW's first steps move each weight by about lr, so at lr 1e-6 a
+(|w| / 512 to |w| / 256) rounds away. AdamW's first steps move each weight by about lr, so at lr 1e-6 a
 bf16 copy of a transformer barely changes, and an IDA lerp of (1 - lam) * (theta - phi) rounds away
 just as often. `step_warnings` names such settings before training starts.
 """
