@@ -13,9 +13,8 @@ import numpy as np
 import torch
 
 from senseflow.config import RunConfig
+from senseflow.precision import DTYPES as _DTYPES
 from senseflow.train import Components
-
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
 def to_uint8(pixels: torch.Tensor) -> np.ndarray:
@@ -59,7 +58,7 @@ def _tiny_components(cfg: RunConfig) -> Components:
     from senseflow.models.tiny import tiny_bundle
 
     res = cfg.model.resolution if cfg.model.resolution <= 64 else 32
-    bundle = tiny_bundle(cfg.model.family, resolution=res, seed=0)
+    bundle = tiny_bundle(cfg.model.family, resolution=res, seed=0, dtype=_DTYPES[cfg.model.dtype])
     with torch.no_grad():
         text_dim = bundle.text_encoder.encode(["x"]).pooled.shape[-1]
     backbone = tiny_dinov2(seed=0, hidden_size=32, layers=4, patch_size=4, image_size=res)

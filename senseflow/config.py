@@ -152,12 +152,15 @@ class OptimConfig(_Strict):
     lr_fake: float = Field(1e-6, gt=0.0)
     lr_disc: float = Field(1e-6, gt=0.0)
     betas: tuple[float, float] = (0.9, 0.999)
-    weight_decay: float = Field(0.01, ge=0.0)
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW's decoupled weight decay (the authors' configs: 0)")
     eps: float = Field(1e-8, gt=0.0)
-    eight_bit: bool = Field(False, description="bitsandbytes AdamW8bit when installed")
+    eight_bit: bool | Literal["auto"] = Field(False, description=(
+        "true: bitsandbytes AdamW8bit (an error before any weight loads if bitsandbytes is missing); false: "
+        "torch AdamW; auto: 8-bit when bitsandbytes imports. status.json records the optimizer used"))
     grad_clip: float = Field(1.0, gt=0.0)
     ttur: int = Field(5, ge=1, description="generator updated when iteration % ttur == 0")
-    warmup: int = Field(0, ge=0)
+    warmup: int = Field(0, ge=0, description=(
+        "iterations of linear warm-up from lr 0 (DMD2: 500); 0: constant lr, as the authors' configs"))
 
     @field_validator("betas")
     @classmethod
@@ -178,8 +181,9 @@ class TrainConfig(_Strict):
     eval_every: int = Field(0, ge=0, description="0: only at the end")
     mixed_precision: Literal["no", "bf16", "fp16"] = "bf16"
     trainable_dtype: Literal["float32", "bfloat16"] = Field("float32", description=(
-        "master precision of the trainable weights (G, F, D heads) in every layout; the teacher and frozen "
-        "backbones stay in model.dtype"))
+        "stored precision of the generator's and fake score's weights in every layout (bfloat16: the authors' "
+        "FLUX choice); the discriminator's heads are always float32, the teacher and frozen backbones are in "
+        "model.dtype (senseflow.precision)"))
     gradient_checkpointing: bool = True
     divergence_grad_norm: float = Field(1e4, gt=0.0, description="pre-clip norm above this counts as diverged")
     divergence_patience: int = Field(3, ge=1, description="consecutive bad iterations before stopping")
@@ -272,7 +276,11 @@ class RunConfig(_Strict):
 
 # ---------------------------------------------------------------------------- presets
 def _paper_common() -> dict[str, Any]:
-    return {"train": {"batch_size": 1, "checkpoint_every": 500, "mixed_precision": "bf16", "gradient_checkpointing": True},
+    # precision and optimizer as in all of the authors' trainers (fp32 weights under bf16 autocast, AdamW
+    # without weight decay, constant lr, clip 1.0); FLUX and SD3.5-Large change trainable_dtype / eight_bit
+    return {"train": {"batch_size": 1, "checkpoint_every": 500, "mixed_precision": "bf16", "gradient_checkpointing": True,
+                      "trainable_dtype": "float32"},
+            "optim": {"betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "grad_clip": 1.0, "warmup": 0},
             "data": {"kind": "image_text_folder"},
             "eval": {"metrics": ["fid_t", "patch_fid_t", "clip_score", "hps", "pickscore", "image_reward"],
                      "num_samples": 5000, "batch_size": 8, "samplers": ["stochastic", "euler"]}}
@@ -291,7 +299,8 @@ def _sd35(large: bool) -> dict[str, Any]:
                 "guidance": {"low": 5.0, "high": 5.0} if large else {"low": 2.0, "high": 4.0}},
         "gan": {"kind": "vfm", "weight": 0.1, "omega": "sd35", "backbone": "facebook/dinov2-large",
                 "layers": [2, 5, 8, 10, 14, 19, 23]},
-        "optim": {"lr_generator": 1e-6, "lr_fake": 1e-6, "lr_disc": 1e-6, "eight_bit": True, "ttur": 5 if large else 10},
+        # the authors' SD3.5-Large trainer uses 8-bit AdamW, their SD3.5-Medium trainer torch AdamW
+        "optim": {"lr_generator": 1e-6, "lr_fake": 1e-6, "lr_disc": 1e-6, "eight_bit": large, "ttur": 5 if large else 10},
         "train": {"iterations": 27000 if large else 27000},
     })
 
@@ -308,7 +317,8 @@ def _flux() -> dict[str, Any]:
         "gan": {"kind": "vfm", "weight": 2.0, "omega": "paper", "backbone": "facebook/dinov2-large",
                 "layers": [2, 5, 8, 10, 14, 19, 23]},
         "optim": {"lr_generator": 1e-5, "lr_fake": 1e-5, "lr_disc": 1e-5, "eight_bit": True, "ttur": 5},
-        "train": {"iterations": 12000},
+        # the authors' FLUX trainer stores G and F in bf16 (8-bit AdamW on bf16 weights)
+        "train": {"iterations": 12000, "trainable_dtype": "bfloat16"},
     })
 
 

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from senseflow import flow, losses
+from senseflow import precision
 from senseflow.config import GuidanceConfig, RunConfig, TimestepConfig
 from senseflow.generator import FewStepGenerator
 from senseflow.models.base import Conditioning, Denoiser, LatentCodec, TextEncoder, guided_velocity
@@ -58,18 +59,51 @@ def draw_guidance(cfg: GuidanceConfig, n: int, generator: torch.Generator) -> Te
     return cfg.low + (cfg.high - cfg.low) * torch.rand(n, generator=generator)
 
 
-def make_optimizer(params, lr: float, cfg) -> torch.optim.Optimizer:
-    params = [p for p in params if p.requires_grad]
-    if cfg.eight_bit:
-        try:
-            import bitsandbytes as bnb  # noqa: F401
+def eight_bit_choice(optim) -> bool:
+    """Whether the run uses bitsandbytes' AdamW8bit, decided before any weight loads: optim.eight_bit=true
+    without an importable bitsandbytes is a UserError naming the fixes, "auto" takes it when it imports."""
+    if optim.eight_bit is False:
+        return False
+    try:
+        import bitsandbytes  # noqa: F401
+    except Exception as err:  # missing, or present without a usable CUDA build
+        if optim.eight_bit == "auto":
+            return False
+        from senseflow.errors import UserError
 
-            return bnb.optim.AdamW8bit(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=cfg.eps)
-        except ImportError:
-            pass  # falls back to torch AdamW; recorded by the trainer in status.json
+        raise UserError(f"optim.eight_bit=true needs bitsandbytes, which does not import here "
+                        f"({type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}); "
+                        "pip install bitsandbytes, or set optim.eight_bit=false (torch AdamW) or "
+                        "optim.eight_bit=auto") from None
+    return True
+
+
+def make_optimizer(params, lr: float, cfg, eight_bit: bool | None = None) -> torch.optim.Optimizer:
+    """AdamW over the parameters that require grad: bitsandbytes' 8-bit one when `eight_bit` (default:
+    `eight_bit_choice(cfg)`), else torch's."""
+    params = [p for p in params if p.requires_grad]
+    if eight_bit is None:
+        eight_bit = eight_bit_choice(cfg)
+    if eight_bit:
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=cfg.eps)
     # foreach: one fused update per parameter list (torch picks it only for CUDA tensors by default)
     return torch.optim.AdamW(params, lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay, eps=cfg.eps,
                              foreach=True)
+
+
+def warmup_factor(iteration: int, warmup: int) -> float:
+    """The learning-rate multiplier at `iteration`: DMD2's constant-with-warmup (iteration / warmup, then 1;
+    its schedulers step once per iteration, G's too); warmup 0 is the authors' constant rate."""
+    return 1.0 if warmup <= 0 else min(1.0, iteration / warmup)
+
+
+def optimizer_record(optimizer: torch.optim.Optimizer, cfg) -> dict:
+    """What status.json says about the optimizer actually built (and what was asked for)."""
+    cls = type(optimizer)
+    return {"class": f"{cls.__module__}.{cls.__qualname__}", "eight_bit": cls.__module__.startswith("bitsandbytes"),
+            "requested": cfg.eight_bit}
 
 
 class Distiller(nn.Module):
@@ -99,13 +133,18 @@ class Distiller(nn.Module):
         self.few_step = FewStepGenerator(cfg.generator.anchor_indices, sigma_table, cfg.generator.pure_noise_start)
         discriminator = make_discriminator(self.fake_score) if make_discriminator is not None else None
         self.discriminator = discriminator
+        precision.apply(self, cfg)  # one policy in every layout: before sharding (prepare) and the optimizers
         if prepare is not None:
             prepare(self)
         o = cfg.optim
-        self.opt_g = make_optimizer(self.generator.parameters(), o.lr_generator, o)
-        self.opt_f = make_optimizer(self.fake_score.parameters(), o.lr_fake, o)
-        self.opt_d = (make_optimizer(discriminator.trainable_parameters(), o.lr_disc, o)
+        eight_bit = eight_bit_choice(o)
+        self.opt_g = make_optimizer(self.generator.parameters(), o.lr_generator, o, eight_bit)
+        self.opt_f = make_optimizer(self.fake_score.parameters(), o.lr_fake, o, eight_bit)
+        self.opt_d = (make_optimizer(discriminator.trainable_parameters(), o.lr_disc, o, eight_bit)
                       if discriminator is not None else None)
+        self.optimizer_info = optimizer_record(self.opt_g, o)
+        self._base_lr = [(opt, lr) for opt, lr in ((self.opt_g, o.lr_generator), (self.opt_f, o.lr_fake),
+                                                   (self.opt_d, o.lr_disc)) if opt is not None]
         with torch.no_grad():
             self._uncond = text_encoder.encode([""]).detach()
 
@@ -165,8 +204,17 @@ class Distiller(nn.Module):
             return self.few_step.start(noise)  # DMD2's pure_noise_mask: no trace of the real latent
         return flow.interpolate(batch.latents, noise, torch.full((b,), sigma_k, device=self.device))
 
+    def set_learning_rates(self, iteration: int) -> None:
+        """Each optimizer's rate for this iteration (a function of the iteration alone, so resume is exact)."""
+        factor = warmup_factor(iteration, self.cfg.optim.warmup)
+        for opt, lr in self._base_lr:
+            for group in opt.param_groups:
+                group["lr"] = lr * factor
+
     def step(self, iteration: int, batch: Batch) -> dict[str, float]:
         cfg = self.cfg
+        if cfg.optim.warmup:
+            self.set_learning_rates(iteration)
         seed = cfg.train.seed
         shared = step_generator(seed, iteration, stream=0)            # same on every rank
         local = step_generator(seed, iteration, stream=1, rank=self.rank)
@@ -364,7 +412,8 @@ class Distiller(nn.Module):
         was = self.generator.training
         self.generator.eval()
         try:
-            return self.few_step.sample(self.generator, cond, noise, sampler, generator)
+            with precision.autocast(self.device, self.cfg.train.mixed_precision):
+                return self.few_step.sample(self.generator, cond, noise, sampler, generator)
         finally:
             self.generator.train(was)
 

@@ -21,6 +21,9 @@ parameters during G's step and reads F's bottleneck through hooks (DMD2's head).
 forward per backward and a fixed set of parameters with gradients; FSDP2's per-module hooks handle all
 three and give the same averaged gradients.
 
+Precision is senseflow.precision's, the same as in one process: G and F in train.trainable_dtype, D's
+heads in fp32, the frozen parts in model.dtype; a bf16 policy on GPUs only sets the compute dtype.
+
 What stays replicated: the frozen teacher (a full copy per rank, in the run's dtype; evaluation samples
 the teacher on every rank) and the discriminator's frozen DINOv2 backbone (no gradients to synchronise;
 ViT-L is 0.3B parameters).
@@ -159,13 +162,12 @@ def shard_module(module: nn.Module, units: list[nn.Module], ctx: Parallel, metho
 
 def shard_distiller(distiller, ctx: Parallel) -> None:
     """Shard G, F and D in place (before their optimizers are built; FSDP2 moves the shards to the mesh's
-    device). G and F get the same units, so their local shards match parameter for parameter (IDA). With
-    a bf16/fp16 policy on GPUs, G and F keep fp32 master weights (one process keeps the teacher's dtype)."""
+    device). G and F get the same units, so their local shards match parameter for parameter (IDA). The
+    shards keep the dtypes senseflow.precision gave the modules (the same as in one process); with a
+    bf16/fp16 policy on GPUs, FSDP2 gathers them in the compute dtype."""
     if not ctx.distributed:
         return
     for model in (distiller.generator, distiller.fake_score):
-        if ctx.mp_policy is not None:
-            model.float()  # fp32 master weights, sharded; FSDP2 gathers them in the compute dtype (bf16)
         shard_module(model, denoiser_blocks(model), ctx)  # x0 / velocity go through forward
     disc = distiller.discriminator
     from senseflow.discriminators import DMD2Discriminator, VFMDiscriminator

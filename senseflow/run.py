@@ -46,6 +46,9 @@ def execute(cfg: RunConfig, run_dir: str | Path | None = None, *, progress: bool
     if status.get("state") == "completed":
         return status
     try:
+        from senseflow.distill import eight_bit_choice
+
+        eight_bit_choice(cfg.optim)  # a missing optimizer package stops the run before any weight loads
         components = build_components(cfg, progress=progress)
         result = train(cfg, run_dir, components, run_id=run_id, progress=progress, stop_after=stop_after)
         ctx = result.distiller.parallel

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from senseflow import config as config_mod
+from senseflow import precision
 from senseflow.config import RunConfig
 from senseflow.distill import Batch, Distiller, finite, step_generator
 from senseflow.models.base import ModelBundle
@@ -224,12 +226,19 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
     start = 0
     ckpts = checkpoints(run_dir)
     if ckpts:
+        _check_same_optimizer(run_dir, cfg, distiller)
         start = load_checkpoint(ckpts[-1], distiller)
     metrics_path = run_dir / "metrics.jsonl"
+    compute = (f"{cfg.train.mixed_precision} autocast" if use_cuda and cfg.train.mixed_precision != "no"
+               else "stored dtype")
+    cautions = precision.step_warnings(distiller, cfg)
     if main:
+        for line in cautions:
+            print(f"warning: {line}", file=sys.stderr, flush=True)
         write_status(run_dir, cfg, run_id, state="running", iteration=start, started=time.time(), reason="",
                      resumed_from=start or None, device=str(accelerator.device), processes=ctx.world_size,
-                     parallel=ctx.strategy)
+                     parallel=ctx.strategy, precision=precision.describe(distiller, cfg, compute),
+                     optimizer=distiller.optimizer_info, warnings=cautions)
         if start == 0 and metrics_path.exists():
             metrics_path.unlink()
         elif metrics_path.exists():  # drop lines logged after the checkpoint we resume from
@@ -317,6 +326,20 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
         write_status(run_dir, cfg, run_id, state="trained", iteration=done, train_seconds=round(elapsed, 2))
     ctx.barrier()
     return TrainResult("completed", done, run_dir, distiller, "", elapsed)
+
+
+def _check_same_optimizer(run_dir: Path, cfg: RunConfig, distiller: Distiller) -> None:
+    """A checkpoint's optimizer state only loads into the optimizer class that wrote it (optim.eight_bit=auto
+    may choose differently on another machine)."""
+    path = run_dir / "status.json"
+    before = (json.loads(path.read_text()).get("optimizer") or {}) if path.is_file() else {}
+    now = distiller.optimizer_info["class"]
+    if before.get("class") and before["class"] != now:
+        from senseflow.errors import UserError
+
+        raise UserError(f"{run_dir} was trained with {before['class']} and would resume with {now} "
+                        f"(optim.eight_bit={cfg.optim.eight_bit!r}); resume where the same optimizer is available "
+                        "(bitsandbytes for the 8-bit one) or start a new run folder")
 
 
 def _short(m: dict[str, float]) -> str:

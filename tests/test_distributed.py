@@ -22,7 +22,8 @@ from senseflow.train import checkpoints, train
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 TINY = ["model.tiny=true", "model.resolution=32", "train.batch_size=2", "eval.metrics=[]",
-        "train.mixed_precision=no", "gan.layers=null", "train.log_every=1", "gan.omega=one", "gan.weight=1.0"]
+        "train.mixed_precision=no", "gan.layers=null", "train.log_every=1", "gan.omega=one", "gan.weight=1.0",
+        "optim.eight_bit=false", "model.dtype=float32", "train.trainable_dtype=float32"]
 
 
 def torchrun(run_dir: Path, preset: str, mode: str, overrides: list[str], stop_after: int | None = None,
@@ -102,3 +103,25 @@ def test_shard_group_must_divide_the_world(tmp_path):
         capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert env_out.returncode != 0
     assert "train.shard_group=3 does not divide the 2 processes" in env_out.stdout + env_out.stderr
+
+
+@pytest.mark.parametrize("preset,strategy", [("sd35-large-senseflow", "fsdp"), ("sd35-large-senseflow", "ddp"),
+                                             ("flux-dev-senseflow", "fsdp")])
+def test_two_process_run_uses_the_one_process_dtypes(tmp_path, preset, strategy):
+    """One precision policy in every layout: a bf16 teacher, G and F in train.trainable_dtype (fp32; bf16 in
+    the FLUX preset), fp32 discriminator heads, in one process and in two."""
+    over = [o for o in TINY if not o.startswith(("model.dtype=", "train.trainable_dtype="))] + [
+        "model.dtype=bfloat16", "train.iterations=1", "optim.ttur=1", f"train.parallel={strategy}"]
+    cfg = C.resolve(preset, over)
+    assert cfg.train.trainable_dtype == ("bfloat16" if preset.startswith("flux") else "float32")
+    train(cfg, tmp_path / "single", build_components(cfg), progress=False)
+    torchrun(tmp_path / "two", preset, "own", over)
+    one, two = (json.loads((tmp_path / d / "status.json").read_text()) for d in ("single", "two"))
+    assert two["processes"] == 2 and two["parallel"] == strategy
+    assert one["precision"] == two["precision"]
+    trainable = cfg.train.trainable_dtype
+    assert (one["precision"]["generator"], one["precision"]["teacher"]) == (trainable, "bfloat16")
+    assert one["precision"]["discriminator_heads"] == "float32"
+    a, b = _weights(tmp_path / "single"), _weights(tmp_path / "two")
+    assert {(p, k): v.dtype for p in a for k, v in a[p].items()} == {(p, k): v.dtype for p in b for k, v in b[p].items()}
+    assert {v.dtype for v in a["generator"].values()} == {getattr(torch, trainable)}

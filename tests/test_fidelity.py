@@ -15,7 +15,7 @@ from senseflow.components import build_components
 from senseflow.distill import Distiller, step_generator
 
 TINY = ["model.tiny=true", "model.resolution=32", "train.batch_size=2", "eval.metrics=[]",
-        "train.mixed_precision=no", "gan.layers=null"]
+        "train.mixed_precision=no", "gan.layers=null", "optim.eight_bit=false"]
 
 
 def _shown(preset: str, capsys) -> dict:
@@ -279,7 +279,7 @@ def test_backward_simulation_is_dmd2s_in_ddpm_coordinates():
     is the same DDPM latent."""
     from senseflow.models.sdxl import ddpm_alphas_cumprod, latent_scale
 
-    cfg, comps, d = _distiller("sdxl-dmd2")
+    cfg, comps, d = _distiller("sdxl-dmd2", "model.dtype=float32")  # the test drives the raw UNet in fp32
     batch = _batch(cfg, comps)
     shape, k = tuple(batch.latents.shape), 2
     ours = d.few_step.backward_simulate(d.generator, batch.cond, k, shape, generator=torch.Generator().manual_seed(5))
@@ -298,7 +298,7 @@ def test_backward_simulation_is_dmd2s_in_ddpm_coordinates():
 
 
 def test_real_latents_are_drawn_from_the_vae_posterior():
-    cfg, comps, _ = _distiller("sd35-large-senseflow", "gan.kind=none")
+    cfg, comps, _ = _distiller("sd35-large-senseflow", "gan.kind=none", "model.dtype=float32")  # raw VAE calls in fp32
     codec = comps.bundle.codec
     a = _batch(cfg, comps)
     b = _batch(cfg, comps)
@@ -308,7 +308,7 @@ def test_real_latents_are_drawn_from_the_vae_posterior():
     dist = codec.vae.encode(a.pixels).latent_dist
     z = (a.latents / codec.scaling_factor) + codec.shift_factor
     assert float(((z - dist.mean) / dist.std).std()) == pytest.approx(1.0, abs=0.1)  # standardised draw ~ N(0, 1)
-    cfg_m, comps_m, _ = _distiller("sd35-large-senseflow", "gan.kind=none", "data.latents=posterior_mean")
+    cfg_m, comps_m, _ = _distiller("sd35-large-senseflow", "gan.kind=none", "data.latents=posterior_mean", "model.dtype=float32")
     assert torch.allclose(_batch(cfg_m, comps_m).latents, mean, atol=1e-6)
 
 

@@ -186,7 +186,7 @@ def test_two_task_job_trains_one_run_over_both_tasks(tmp_path):
     torch.distributed, gloo on CPUs) and train the run together with FSDP; rank 0 records it."""
     doc = {"grid": "slurm-dist", "base": "sd35-large-senseflow",
            "overrides": {"model.tiny": True, "model.resolution": 32, "train.batch_size": 2, "eval.metrics": [],
-                         "train.mixed_precision": "no", "gan.layers": None, "train.iterations": 4,
+                         "train.mixed_precision": "no", "gan.layers": None, "train.iterations": 4, "optim.eight_bit": False,
                          "train.checkpoint_every": 2, "train.threads": 1,
                          "output.root": str(tmp_path / "results" / "runs")},
            "seeds": [0], "variants": [{"name": "two-tasks", "overrides": {}}]}

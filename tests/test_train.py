@@ -12,7 +12,7 @@ from senseflow.components import build_components
 from senseflow.train import checkpoints, train
 
 TINY = ["model.tiny=true", "model.resolution=32", "train.batch_size=2", "eval.metrics=[]",
-        "train.mixed_precision=no", "gan.layers=null", "train.log_every=1"]
+        "train.mixed_precision=no", "gan.layers=null", "train.log_every=1", "optim.eight_bit=false"]
 
 
 @pytest.mark.parametrize("preset", ["sd35-large-senseflow", "sd35-large-dmd2", "flux-dev-senseflow", "flux-dev-dmd2",

@@ -88,7 +88,10 @@ def load_student(path: Path):
     run_dir, ckpt = resolve_checkpoint(path)
     cfg = config_mod.build(config_mod.load_yaml(run_dir / "config.yaml"))
     components = build_components(cfg, progress=False, with_data=False)
-    student = components.bundle.teacher.student_copy().eval()
+    from senseflow.precision import DTYPES
+
+    # in the dtype it was trained in, so the checkpoint's weights load (and export) unrounded
+    student = components.bundle.teacher.student_copy().to(DTYPES[cfg.train.trainable_dtype]).eval()
     student.load_state_dict(load_generator_weights(ckpt))
     return cfg, components, student, few_step_generator(cfg, components.bundle.sigma_table)
 
@@ -179,6 +182,9 @@ def eval_cmd(run: Path = typer.Argument(..., help="run folder or checkpoint fold
         over.append(f"eval.num_samples={num_samples}")
     cfg = config_mod.build(config_mod.apply_overrides(cfg.to_dict(), over))
     from senseflow.components import build_components
+    from senseflow.distill import eight_bit_choice
+
+    eight_bit_choice(cfg.optim)  # the checkpoint's optimizer state needs the same optimizer: check before loading
 
     components = build_components(cfg, progress=progress)
     b = components.bundle
