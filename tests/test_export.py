@@ -29,7 +29,8 @@ PRESETS = {"sd3": "sd35-large-senseflow", "flux": "flux-dev-senseflow", "sdxl": 
 
 def _run_folder(tmp_path, family, extra=()):
     cfg = config_mod.resolve(PRESETS[family], ["model.tiny=true", f"model.resolution={RES}", "model.dtype=float32",
-                                               *extra])
+                                               # fp32 students, so both samplers' sums agree to float precision
+                                               "train.trainable_dtype=float32", *extra])
     run = tmp_path / "run"
     config_mod.save(cfg, run / "config.yaml")
     ck = run / "checkpoints" / "iter_0000010"
