@@ -124,6 +124,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (click.exceptions.Exit, typer.Exit) as e:
         return int(getattr(e, "exit_code", 0) or 0)
+    except OSError as e:
+        import errno
+
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+            raise
+        where = f" {e.filename}" if e.filename else ""
+        err.print(f"[bold red]error:[/] cannot write{escape(where)}: {escape(e.strerror or str(e))}; free space or "
+                  "fix the folder's permissions and run again (a run resumes from its last checkpoint)",
+                  highlight=False, soft_wrap=True)
+        return 2
     except RecursionError:
         err.print("[bold red]error:[/] the input is nested too deeply to read (a YAML file with thousands of "
                   "levels?); flatten it", highlight=False, soft_wrap=True)

@@ -30,6 +30,7 @@ def test_shipped_profiles_load(name):
     assert params["timeout_min"] >= 1 and params["tasks_per_node"] == (prof.tasks_per_node or max(1, prof.gpus_per_node))
 
 
+@pytest.mark.slurm  # submitit's SLURM executor refuses to exist where srun is not on PATH
 def test_profile_becomes_sbatch_lines(tmp_path):
     prof = load_profile(REPO / "slurm" / "a100x8.yaml")
     ex = make_executor("slurm", tmp_path / "%j", profile=prof, name="sf-test", array_parallelism=3)
