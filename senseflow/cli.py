@@ -127,11 +127,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as e:
         import errno
 
-        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM):
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO):
             raise
-        where = f" {e.filename}" if e.filename else ""
-        err.print(f"[bold red]error:[/] cannot write{escape(where)}: {escape(e.strerror or str(e))}; free space or "
-                  "fix the folder's permissions and run again (a run resumes from its last checkpoint)",
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"[bold red]error:[/] {escape(where)}{escape(e.strerror or str(e))}; free space or fix the "
+                  "folder's permissions and run again (a run resumes from its last checkpoint)",
                   highlight=False, soft_wrap=True)
         return 2
     except RecursionError:

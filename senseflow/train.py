@@ -8,6 +8,7 @@ samples/iter_XXXXXXX.png.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -83,12 +84,21 @@ def save_checkpoint(run_dir: Path, distiller: Distiller, iteration: int, keep: i
     if ctx.is_main:
         tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name, sd in weights.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
-        torch.save(optimizers, tmp / "optimizers.pt")
-        (tmp / "trainer.json").write_text(json.dumps({"iteration": iteration, "processes": ctx.world_size,
-                                                      **(extra or {})}))
+        try:
+            tmp.mkdir(parents=True)
+            for name, sd in weights.items():
+                save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
+            torch.save(optimizers, tmp / "optimizers.pt")
+            (tmp / "trainer.json").write_text(json.dumps({"iteration": iteration, "processes": ctx.world_size,
+                                                          **(extra or {})}))
+        except BaseException as e:
+            # a full disk or read-only folder: drop the partial copy (the last checkpoint stays as it was)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) or not isinstance(e, Exception):
+                raise
+            # safetensors and torch.save report failed writes as their own error types, not OSError
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise OSError(errno.EIO, f"writing the checkpoint failed ({type(e).__name__}: {text})", str(tmp)) from e
         pause = float(os.environ.get(PAUSE_ENV) or 0)
         if pause > 0:  # tests only: widen the window in which a kill lands inside the write
             time.sleep(pause)
