@@ -2,6 +2,10 @@
 detection, metrics, sample grids and a progress bar.
 
 Reads top to bottom: `train(cfg, run_dir, components)`.
+Exact resume: a checkpoint holds the weights, the optimizers and the loop's own state (the logging window
+still open and the divergence count), and lines logged after it are dropped on resume, so a run killed at
+any moment and resumed ends with the same weights and the same metrics.jsonl lines (all but `time`) as
+one that never stopped (tests/test_resume.py).
 Run folder (see evals.store): config.yaml, status.json, metrics.jsonl, checkpoints/iter_XXXXXXX/,
 samples/iter_XXXXXXX.png.
 """
