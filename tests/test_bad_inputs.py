@@ -230,18 +230,24 @@ def _tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")} if root.exists() else set()
 
 
-@pytest.fixture
-def sandbox(tmp_path, monkeypatch):
-    """cwd = a fresh folder whose results/ holds an empty synced store; returns (folder, before-snapshot)."""
-    work = tmp_path / "work"
+@pytest.fixture(scope="module")
+def _sandbox_dir(tmp_path_factory):
+    work = tmp_path_factory.mktemp("work")
     (work / "results" / "runs").mkdir(parents=True)
     from evals.store import sync
 
     sync(work / "results", work / "results" / "senseflow.duckdb")
     for name in ("experiments", "slurm"):
         (work / name).symlink_to(REPO / name)
-    monkeypatch.chdir(work)
     return work
+
+
+@pytest.fixture
+def sandbox(_sandbox_dir, monkeypatch):
+    """cwd = a folder whose results/ holds an empty synced store (shared by the cases: each one checks that
+    it left results/ exactly as it found it)."""
+    monkeypatch.chdir(_sandbox_dir)
+    return _sandbox_dir
 
 
 def run_cli(argv: list[str], work: Path, capsys) -> None:
