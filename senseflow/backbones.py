@@ -42,4 +42,13 @@ def backbone_depth(name: str) -> int | None:
         for size, depth in _DINOV2_DEPTHS.items():
             if f"-{size}" in base:
                 return depth
+    if name.count("/") == 1:  # another hub id: its config.json if the local cache holds it
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(name, "config.json")
+        except Exception:  # not a valid repo id
+            return None
+        if isinstance(cached, str):
+            return _config_depth(Path(cached).parent)
     return None
