@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from senseflow.worlds.digits.config import cache_root
 
 
