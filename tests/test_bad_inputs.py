@@ -187,7 +187,7 @@ def sweep_mutations() -> list[tuple[str, dict]]:
 
 
 CLI_CASES: list[list[str]] = [
-    ["--bogus"], ["nosuch"], ["trian"], ["train"], ["train", "--bogus"], ["config"][:0] + ["config", "show"],
+    ["--bogus"], ["nosuch"], ["trian"], ["train"], ["train", "--bogus"], ["config", "show"],
     ["config", "shw"], ["config", "show", "digits-sensflow"], ["config", "show", "nosuch.yaml"],
     ["config", "show", "digits-senseflow", "isg.weight"], ["config", "show", "digits-senseflow", "=1"],
     ["config", "show", "digits-senseflow", "isg..weight=1"], ["config", "show", "digits-senseflow", "isg.weight=[1"],
@@ -197,7 +197,7 @@ CLI_CASES: list[list[str]] = [
     ["sample", "{tmp}/nope", "-p", "x", "--steps", "0"], ["sample", "{tmp}/nope", "-p", "x", "--n", "0"],
     ["sample", "{tmp}/nope"], ["export", "{tmp}/nope"], ["export", "{tmp}/nope", "{tmp}/out"],
     ["eval", "{tmp}/nope"], ["eval", "{tmp}", "--num-samples", "x"],
-    ["grid"][:0] + ["grid", "plan"], ["grid", "plan", "{tmp}/nope.yaml"], ["grid", "plna", "x"],
+    ["grid", "plan"], ["grid", "plan", "{tmp}/nope.yaml"], ["grid", "plna", "x"],
     ["grid", "run", "experiments/digits/ablation.yaml", "--executor", "slurmx"],
     ["grid", "run", "experiments/digits/ablation.yaml", "--parallel", "abc"],
     ["grid", "run", "experiments/digits/ablation.yaml", "--only", "nosuchcell"],
