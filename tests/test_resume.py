@@ -20,7 +20,7 @@ from senseflow.train import PAUSE_ENV, checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 # a tiny SD3.5 run: windows of 5 logged iterations straddle checkpoints every 3, as in the issue (25 vs 10)
-ARGS = ["train", "sd35-large-senseflow", "model.tiny=true", "train.iterations=24", "train.checkpoint_every=3",
+ARGS = ["train", "sd35-large-senseflow", "model.tiny=true", "train.iterations=45", "train.checkpoint_every=3",
         "train.log_every=5", "train.threads=1", "train.keep_checkpoints=2", "--no-evaluate", "--no-progress"]
 KILLS = 5
 
@@ -69,11 +69,13 @@ def test_kill_9_and_resume_changes_nothing(tmp_path):
         deadline = time.time() + 120
         while time.time() < deadline and p.poll() is None:
             if during_write:
-                if any((killed / "checkpoints").glob(".tmp-*")):
+                if any((killed / "checkpoints").glob(f".tmp-*-{p.pid}")):  # this process's write
                     inside_write = True
                     break
             elif _done(killed) > before:
-                time.sleep(rng.uniform(0.0, 0.6))  # somewhere in the next few iterations
+                # somewhere in the iteration after it (or the next few on a fast machine); each kill costs at
+                # most a few checkpoints of progress, so the run is still going at the fifth
+                time.sleep(rng.uniform(0.0, 0.3))
                 break
             time.sleep(0.02)
         assert p.poll() is None, f"the run ended before kill {kills + 1}: {p.stderr.read()[-2000:]}"
@@ -94,4 +96,4 @@ def test_kill_9_and_resume_changes_nothing(tmp_path):
         for k in a[name]:
             assert torch.equal(a[name][k], b[name][k]), f"{name}.{k} differs after {kills} kills"
     assert _lines(whole) == _lines(killed)
-    assert [r["iteration"] for r in _lines(whole)] == [5, 10, 15, 20, 24]
+    assert [r["iteration"] for r in _lines(whole)] == list(range(5, 46, 5))
