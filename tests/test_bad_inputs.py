@@ -342,9 +342,11 @@ def _no_slurm() -> None:
         pytest.skip("SLURM is installed here: this case would submit the grid")
 
 
-def test_slurm_executor_without_slurm(sandbox, capsys):
+@pytest.mark.parametrize("argv", [["grid", "run", "experiments/digits/ablation.yaml", "--executor", "slurm"],
+                                  ["sweep", "run", "experiments/sweeps/digits-ida-isg.yaml", "--executor", "slurm"]])
+def test_slurm_executor_without_slurm(argv, sandbox, capsys):
     _no_slurm()
-    run_cli(["grid", "run", "experiments/digits/ablation.yaml", "--executor", "slurm"], sandbox, capsys)
+    run_cli(argv, sandbox, capsys)
 
 
 @pytest.mark.parametrize("argv", [["--bogus"], ["train"], ["config", "show", "digits-senseflow", "optim.lr_generator=inf"],
