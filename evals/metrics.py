@@ -540,6 +540,15 @@ def evaluate(metrics: Sequence[Metric], samples: SampleSet, reference: SampleSet
 
 
 METRIC_NAMES = ("fid", "kid", "fid_t", "patch_fid_t", "clip_score", "hps", "pickscore", "image_reward")
+# worlds that measure in their own feature space name their own metrics (evals.digits.evaluate_samples)
+WORLD_METRIC_NAMES = {"digits": ("fid_t", "fid", "prompt_accuracy", "diversity")}
+# the keys of eval.weights: the last part of each WeightSpec.config_key
+WEIGHT_KEYS = tuple(sorted({spec.config_key.rsplit(".", 1)[-1] for spec in WEIGHTS.values()}))
+
+
+def metric_names(family: str) -> tuple[str, ...]:
+    """The eval.metrics names a run of model.family can compute."""
+    return WORLD_METRIC_NAMES.get(family, METRIC_NAMES)
 
 
 def build_metrics(names: Sequence[str], *, weights: Mapping[str, str] | None = None, device: str = "cpu",

@@ -49,7 +49,7 @@ __all__ = [
     "RUN_STATES", "TERMINAL_STATES", "STATUS_FILE", "CONFIG_FILE", "METRICS_FILE", "EVAL_FILE", "DEFAULT_DB",
     "run_dir", "write_json_atomic", "write_text_atomic", "append_jsonl", "write_config", "read_json",
     "read_status", "write_status", "log_metrics", "record_eval", "read_evals", "init_run", "code_version",
-    "sync", "query",
+    "sync", "query", "QueryError",
 ]
 
 RUN_STATES = ("pending", "running", "completed", "failed", "diverged")
@@ -546,18 +546,49 @@ def sync(results_root: str | os.PathLike = "results", db_path: str | os.PathLike
     return counts
 
 
+class QueryError(ValueError):
+    """A query that the read-only store refuses or that DuckDB rejects; the message is one line."""
+
+
+# No file or network access and a locked configuration: a query reads the tables and nothing else
+# (`copy ... to`, read_csv('/etc/passwd'), `install httpfs` and `set` are all refused by DuckDB itself).
+SANDBOX = {"enable_external_access": False, "autoinstall_known_extensions": False,
+           "autoload_known_extensions": False, "lock_configuration": True}
+
+
+def _one_line(e: BaseException) -> str:
+    lines = [ln.strip() for ln in str(e).splitlines()]
+    head = lines[:lines.index("")] if "" in lines else lines[:2]  # DuckDB's message and its "Did you mean"
+    return " ".join(ln for ln in head if ln) or type(e).__name__
+
+
 def query(db_path: str | os.PathLike, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
           ) -> tuple[list[str], list[tuple]]:
-    """Run ``sql`` (with ``?`` or ``$name`` parameters) on a read-only connection. Returns (columns, rows)."""
+    """Run one SELECT ``sql`` (with ``?`` or ``$name`` parameters) on a read-only, sandboxed connection.
+    Returns (columns, rows); anything else raises QueryError."""
     import duckdb
 
     db_path = Path(db_path)
     if not db_path.is_file():
         raise FileNotFoundError(f"{db_path} does not exist; build it with `senseflow results sync`")
-    con = duckdb.connect(str(db_path), read_only=True)
+    # the file is opened before access is locked down, then only the tables it holds are reachable
+    con = duckdb.connect(str(db_path), read_only=True, config=SANDBOX)
     try:
-        cur = con.execute(sql, params if params is not None else [])
-        cols = [d[0] for d in cur.description] if cur.description else []
-        return cols, cur.fetchall()
+        try:
+            statements = con.extract_statements(sql)
+        except duckdb.Error as e:
+            raise QueryError(_one_line(e)) from None
+        if len(statements) != 1:
+            raise QueryError(f"give exactly one statement, got {len(statements)}")
+        kind = statements[0].type
+        if kind != duckdb.StatementType.SELECT:
+            raise QueryError(f"only read queries (select ... / with ... select) are allowed, got "
+                             f"{kind.name.lower()}")
+        try:
+            cur = con.execute(sql, params if params is not None else [])
+            cols = [d[0] for d in cur.description] if cur.description else []
+            return cols, cur.fetchall()
+        except duckdb.Error as e:
+            raise QueryError(_one_line(e)) from None
     finally:
         con.close()

@@ -14,8 +14,10 @@ from rich.console import Console
 
 from senseflow import config as config_mod
 
+# -h everywhere: click hands help_option_names down from the top context to every subcommand
 app = typer.Typer(help="SenseFlow distillation: train, evaluate, run grids and sweeps, query results.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  context_settings={"help_option_names": ["-h", "--help"]})
 config_app = typer.Typer(help="Show and check run configurations.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 err = Console(stderr=True)
@@ -28,6 +30,20 @@ _SUBAPPS = [
     ("senseflow.commands.grid", "app", "grid", "Plan, run and inspect experiment grids."),
     ("senseflow.commands.sweep", "app", "sweep", "Optuna sweeps over hyperparameters."),
 ]
+
+
+def _version(value: bool) -> None:
+    if value:
+        from senseflow import __version__
+
+        typer.echo(f"senseflow {__version__}")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", is_eager=True, callback=_version,
+                                       help="print the version and exit")):
+    """SenseFlow distillation: train, evaluate, run grids and sweeps, query results."""
 
 
 @config_app.command("show")
@@ -75,25 +91,53 @@ def _known_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
-def main(argv: list[str] | None = None) -> int:
-    try:
-        rv = app(args=argv, standalone_mode=False)
-    except SystemExit as e:  # typer/click exits
-        return int(e.code or 0)
-    except _known_errors() as e:
-        from rich.markup import escape
+def _click_errors() -> tuple[type[BaseException], ...]:
+    """click's ClickException and the copy that typer bundles (typer raises its own, a different class)."""
+    import click
 
+    bundled = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+    return tuple({click.exceptions.ClickException, bundled})
+
+
+def main(argv: list[str] | None = None) -> int:
+    import click
+    from rich.markup import escape
+
+    try:
+        rv = app(args=argv, standalone_mode=False, prog_name="senseflow")
+    except SystemExit as e:  # typer/click exits
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except _known_errors() as e:
         err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return 2
-    except Exception as e:  # click usage errors
-        import click
+    except _click_errors() as e:  # usage errors: click's own message, status 2
+        if type(e).__name__ == "NoArgsIsHelpError":  # bare `senseflow` / `senseflow grid`: the help
+            ctx = getattr(e, "ctx", None)
+            if ctx is not None:
+                typer.echo(ctx.get_help(), err=True)
+                return 2
+        ctx = getattr(e, "ctx", None)
+        hint = f" (see '{ctx.command_path} -h')" if ctx is not None else ""
+        err.print(f"[bold red]error:[/] {escape(e.format_message())}{escape(hint)}", highlight=False, soft_wrap=True)
+        return e.exit_code if isinstance(e.exit_code, int) else 2
+    except (click.exceptions.Abort, typer.Abort):
+        return 1
+    except (click.exceptions.Exit, typer.Exit) as e:
+        return int(getattr(e, "exit_code", 0) or 0)
+    except OSError as e:
+        import errno
 
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            return e.exit_code
-        if isinstance(e, click.exceptions.Abort):
-            return 1
-        raise
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO):
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        err.print(f"[bold red]error:[/] {escape(where)}{escape(e.strerror or str(e))}; free space or fix the "
+                  "folder's permissions and run again (a run resumes from its last checkpoint)",
+                  highlight=False, soft_wrap=True)
+        return 2
+    except RecursionError:
+        err.print("[bold red]error:[/] the input is nested too deeply to read (a YAML file with thousands of "
+                  "levels?); flatten it", highlight=False, soft_wrap=True)
+        return 2
     return rv if isinstance(rv, int) else 0
 
 

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+                      model_validator)
 
 
 class ConfigError(ValueError):
@@ -28,7 +29,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf / nan are never a meaningful setting (a learning rate of inf trains to nan silently)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class GuidanceConfig(_Strict):
@@ -221,6 +223,18 @@ class EvalConfig(_Strict):
         "image_reward (or SENSEFLOW_*_WEIGHTS / SENSEFLOW_WEIGHTS_DIR)"))
     patch_size: int = Field(299, ge=8, description="crop size of patch FID-T (full-resolution crops)")
 
+    @field_validator("weights")
+    @classmethod
+    def _weight_keys(cls, v: dict[str, str]):
+        from evals.metrics import WEIGHT_KEYS
+
+        for key in v:
+            if key not in WEIGHT_KEYS:
+                close = difflib.get_close_matches(key, WEIGHT_KEYS, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"allowed: {', '.join(WEIGHT_KEYS)}"
+                raise ValueError(f"unknown key '{key}'; {hint}")
+        return v
+
 
 class OutputConfig(_Strict):
     root: str = "results/runs"
@@ -243,6 +257,49 @@ class RunConfig(_Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
+
+    # what tiny mode changed when this config was built (senseflow.tiny_mode); not part of the config
+    _tiny_changes: list[str] = PrivateAttr(default_factory=list)
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _tiny_mode(cls, data: Any, handler):
+        changes: list[str] = []
+        if isinstance(data, dict):
+            from senseflow import tiny_mode
+
+            data, changes = tiny_mode.adapt(data)
+        cfg = handler(data)
+        if changes:
+            cfg._tiny_changes = changes
+        return cfg
+
+    @property
+    def tiny_changes(self) -> list[str]:
+        return list(self._tiny_changes)
+
+    @model_validator(mode="after")
+    def _metrics_and_layers(self):
+        from evals.metrics import metric_names
+
+        known = metric_names(self.model.family)
+        for m in self.eval.metrics:
+            if m not in known:
+                close = difflib.get_close_matches(m, known, n=1)
+                hint = f"did you mean '{close[0]}'?" if close else f"{self.model.family} runs know {', '.join(known)}"
+                raise ValueError(f"eval.metrics={self.eval.metrics}: unknown metric '{m}'; {hint}")
+        if self.gan.kind == "vfm" and self.gan.layers is not None:
+            from senseflow.backbones import backbone_depth
+
+            depth = backbone_depth(self.gan.backbone)
+            if not self.gan.layers:
+                raise ValueError("gan.layers=[]: give at least one block index, or null for the backbone's default")
+            if depth is not None:
+                norm = [i + depth if i < 0 else i for i in self.gan.layers]
+                if any(not 0 <= i < depth for i in norm) or len(set(norm)) != len(norm):
+                    raise ValueError(f"gan.layers={self.gan.layers}: gan.backbone={self.gan.backbone!r} has {depth} "
+                                     f"blocks; give distinct indices in [{-depth}, {depth}) or null for its default")
+        return self
 
     @model_validator(mode="after")
     def _consistent(self):
@@ -451,7 +508,7 @@ def _format_validation(err: ValidationError, data: dict[str, Any]) -> str:
         allowed = first.get("ctx", {}).get("expected", "")
         return f"{loc}={value!r} is not allowed; expected one of {allowed}"
     shown = value if not isinstance(value, dict) else "{...}"
-    return f"{loc or 'config'}={shown!r}: {msg}" if loc else f"config: {msg}"
+    return f"{loc}={shown!r}: {msg}" if loc else msg  # model-level messages name their keys
 
 
 _YAML11_BOOL_WORDS = {"yes", "no", "on", "off", "y", "n"}
@@ -468,9 +525,13 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if raw.strip().lower() in _YAML11_BOOL_WORDS:  # YAML 1.1 reads "no"/"on" as booleans; keep them as words
         return key.split("."), raw.strip()
     try:
-        value = yaml.safe_load(raw) if raw.strip() != "" else ""
+        value = yaml.load(raw, Loader=_UniqueKeyLoader) if raw.strip() != "" else ""
+    except ConfigError as e:
+        raise ConfigError(f"override {key}={raw!r}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {key}={raw!r}: the value is not valid YAML ({e.problem})") from None
+        raise ConfigError(f"override {key}={raw!r}: the value is not valid YAML ({getattr(e, 'problem', e)})") from None
+    except RecursionError:
+        raise ConfigError(f"override {key}=...: the value is nested too deeply") from None
     return key.split("."), value
 
 
@@ -521,18 +582,47 @@ def preset(name: str) -> dict[str, Any]:
     return PRESETS[name]()
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a mapping naming the same key twice (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                first = seen.setdefault(key, key_node)
+            except TypeError:  # an unhashable key: PyYAML reports it itself below
+                continue
+            if first is not key_node:
+                raise ConfigError(f"key {key!r} appears twice (lines {first.start_mark.line + 1} and "
+                                  f"{key_node.start_mark.line + 1}); keep one")
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
+    """A YAML mapping from a file: ConfigError when it is missing, empty, not YAML, repeats a key, or is
+    not a mapping."""
     p = Path(path)
     if not p.is_file():
-        raise ConfigError(f"config file '{p}' does not exist")
+        raise ConfigError(f"{what} '{p}' does not exist")
     try:
-        data = yaml.safe_load(p.read_text()) or {}
+        text = p.read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{what} '{p}' cannot be read ({type(e).__name__}: {e})") from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)
+    except ConfigError as e:
+        raise ConfigError(f"{what} '{p}': {e}") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"config file '{p}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"{what} '{p}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+    except RecursionError:
+        raise ConfigError(f"{what} '{p}' is nested too deeply to read; flatten it") from None
+    if data is None:
+        raise ConfigError(f"{what} '{p}' is empty; give at least one key (e.g. preset: digits-senseflow)")
     if not isinstance(data, dict):
-        raise ConfigError(f"config file '{p}' must hold a mapping of keys, got {type(data).__name__}")
+        raise ConfigError(f"{what} '{p}' must hold a mapping of keys, got {type(data).__name__}")
     return data
 
 

@@ -14,6 +14,7 @@ A grid file (see experiments/digits/ablation.yaml for a worked example)::
     variants:                      # explicit named cells (optional `base`, `overrides`, `seeds`)
       - {name: "w/o ISG", overrides: {isg.enabled: false}}
     db: results/senseflow.duckdb   # optional: the store `grid run` syncs (default <results>/senseflow.duckdb)
+    allow_outside_results: false   # true: let output.root put the runs outside ./results (e.g. scratch space)
 
 With both `variants` and `axes` every variant is crossed with every axis point; the cell is named
 "<variant> (<key>=<value>, ...)" ("<key>=<value>, ..." with axes only). A cell's config is
@@ -45,7 +46,9 @@ from senseflow import config as config_mod
 from senseflow.config import ConfigError, RunConfig
 from senseflow.run import read_status
 
-TOP_LEVEL_KEYS = ("grid", "description", "base", "overrides", "eval", "seeds", "axes", "variants", "db")
+TOP_LEVEL_KEYS = ("grid", "description", "base", "overrides", "eval", "seeds", "axes", "variants", "db",
+                  "allow_outside_results")
+RESULTS_DIR = Path("results")  # the results root, relative to the current folder (default output.root: results/runs)
 VARIANT_KEYS = ("name", "base", "overrides", "seeds", "description")
 RUN_LOCK = ".run.lock"     # held (flock) by the process executing a run; see run_lock()
 
@@ -208,12 +211,18 @@ def load_grid(source: str | Path | dict[str, Any], *, name: str | None = None) -
         doc, path, where = copy.deepcopy(source), None, "grid"
     else:
         path = Path(source)
-        doc, where = config_mod.load_yaml(path), str(source)
+        doc, where = config_mod.load_yaml(path, what="grid file"), str(source)
     grid_dir = path.parent if path is not None else None
 
     for k in doc:
         if k not in TOP_LEVEL_KEYS:
             raise ConfigError(f"{where}: unknown top-level key '{k}'{_did_you_mean(k, TOP_LEVEL_KEYS)}")
+    if name is None and "grid" in doc and (not isinstance(doc["grid"], str) or not doc["grid"].strip()):
+        raise ConfigError(f"{where}: grid={doc['grid']!r} must be a plain folder name such as digits-ablation "
+                          "(or leave the key out to use the file's name)")
+    outside_ok = doc.get("allow_outside_results", False)
+    if not isinstance(outside_ok, bool):
+        raise ConfigError(f"{where}: allow_outside_results={outside_ok!r} must be true or false")
     grid_name = name or doc.get("grid") or (path.stem if path is not None else "adhoc")
     if not isinstance(grid_name, str) or not grid_name or "/" in grid_name or grid_name.startswith("."):
         raise ConfigError(f"{where}: grid={grid_name!r} must be a plain folder name such as digits-ablation")
@@ -316,6 +325,14 @@ def load_grid(source: str | Path | dict[str, Any], *, name: str | None = None) -
                 specs.append(RunSpec(index=len(specs), name=cell, seed=cfg.train.seed, cfg=cfg, base=label,
                                      overrides=tuple(cell_pairs), axes=point))
 
+    if not outside_ok:
+        results = RESULTS_DIR.resolve()
+        for s in specs:
+            root = Path(s.cfg.output.root).expanduser().resolve()
+            if root != results and results not in root.parents:
+                raise ConfigError(f"{where}: cell '{s.name}': output.root={s.cfg.output.root!r} puts the runs outside "
+                                  f"the results folder {results}; add `allow_outside_results: true` to the grid "
+                                  "file to allow it")
     ids: dict[str, RunSpec] = {}
     for s in specs:
         if s.run_id in ids:

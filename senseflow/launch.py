@@ -393,10 +393,24 @@ def load_profile(source: str | Path | dict | None) -> SlurmProfile:
         raise ConfigError(f"{where}: {loc}={first.get('input')!r}: {first['msg']}") from None
 
 
+def check_executor(kind: str) -> None:
+    """ConfigError (one line) when `kind` is unknown, or is slurm on a machine without SLURM's tools."""
+    if kind not in EXECUTORS:
+        raise ConfigError(f"--executor {kind!r} is not one of {', '.join(EXECUTORS)}")
+    if kind == "slurm":
+        import shutil
+
+        missing = [tool for tool in ("sbatch", "srun") if shutil.which(tool) is None]
+        if missing:
+            raise ConfigError(f"--executor slurm needs SLURM's {' and '.join(missing)} on PATH, not found on this "
+                              "machine; run from a cluster login node, or use --executor local")
+
+
 def make_executor(kind: str, folder: Path, *, profile: SlurmProfile | None = None, name: str = "senseflow",
                   array_parallelism: int | None = None):
     if kind not in EXECUTORS:
         raise ConfigError(f"--executor {kind!r} is not one of {', '.join(EXECUTORS)}")
+    check_executor(kind)
     if kind == "slurm":
         prof = profile or SlurmProfile()
         init = {"slurm_max_num_timeout": prof.max_num_timeout}

@@ -72,8 +72,12 @@ def execute(cfg: RunConfig, run_dir: str | Path | None = None, *, progress: bool
     except Exception as e:
         if launch_rank() != 0:
             raise
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "error.txt").write_text(traceback.format_exc())
-        write_status(run_dir, cfg, run_id, state="failed", reason=f"{type(e).__name__}: {e}"[:500], finished=time.time())
+        try:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / "error.txt").write_text(traceback.format_exc())
+            write_status(run_dir, cfg, run_id, state="failed", reason=f"{type(e).__name__}: {e}"[:500],
+                         finished=time.time())
+        except OSError:
+            pass  # a full disk or read-only folder: the original error is the one to report
         raise
     return read_status(run_dir)

@@ -178,10 +178,13 @@ def load_sweep(source: str | Path | dict[str, Any]) -> Sweep:
         doc, path, where = copy.deepcopy(source), None, "sweep"
     else:
         path = Path(source)
-        doc, where = config_mod.load_yaml(path), str(source)
+        doc, where = config_mod.load_yaml(path, what="sweep file"), str(source)
     for k in doc:
         if k not in TOP_LEVEL_KEYS:
             raise ConfigError(f"{where}: unknown top-level key '{k}'{_hint(k, TOP_LEVEL_KEYS)}")
+    if "sweep" in doc and (not isinstance(doc["sweep"], str) or not doc["sweep"].strip()):
+        raise ConfigError(f"{where}: sweep={doc['sweep']!r} must be a plain name such as digits-lr "
+                          "(or leave the key out to use the file's name)")
     name = doc.get("sweep") or (path.stem if path is not None else "sweep")
     if not isinstance(name, str) or "/" in name or name.startswith("."):
         raise ConfigError(f"{where}: sweep={name!r} must be a plain name such as digits-lr")

@@ -2,12 +2,17 @@
 detection, metrics, sample grids and a progress bar.
 
 Reads top to bottom: `train(cfg, run_dir, components)`.
+Exact resume: a checkpoint holds the weights, the optimizers and the loop's own state (the logging window
+still open and the divergence count), and lines logged after it are dropped on resume, so a run killed at
+any moment and resumed ends with the same weights and the same metrics.jsonl lines (all but `time`) as
+one that never stopped (tests/test_resume.py).
 Run folder (see evals.store): config.yaml, status.json, metrics.jsonl, checkpoints/iter_XXXXXXX/,
 samples/iter_XXXXXXX.png.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -29,6 +34,9 @@ from senseflow.distill import Batch, Distiller, finite, step_generator
 from senseflow.models.base import ModelBundle
 
 CHECKPOINT_PREFIX = "iter_"
+# Tests only: seconds save_checkpoint sleeps between writing a checkpoint's temp folder and renaming it, so
+# that a kill -9 test can land inside a checkpoint write (tests/test_resume.py). Unset in real runs.
+PAUSE_ENV = "SENSEFLOW_TEST_CHECKPOINT_PAUSE"
 
 
 class DataSource(Protocol):
@@ -82,12 +90,24 @@ def save_checkpoint(run_dir: Path, distiller: Distiller, iteration: int, keep: i
     if ctx.is_main:
         tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
         shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        for name, sd in weights.items():
-            save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
-        torch.save(optimizers, tmp / "optimizers.pt")
-        (tmp / "trainer.json").write_text(json.dumps({"iteration": iteration, "processes": ctx.world_size,
-                                                      **(extra or {})}))
+        try:
+            tmp.mkdir(parents=True)
+            for name, sd in weights.items():
+                save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
+            torch.save(optimizers, tmp / "optimizers.pt")
+            (tmp / "trainer.json").write_text(json.dumps({"iteration": iteration, "processes": ctx.world_size,
+                                                          **(extra or {})}))
+        except BaseException as e:
+            # a full disk or read-only folder: drop the partial copy (the last checkpoint stays as it was)
+            shutil.rmtree(tmp, ignore_errors=True)
+            if isinstance(e, OSError) or not isinstance(e, Exception):
+                raise
+            # safetensors and torch.save report failed writes as their own error types, not OSError
+            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise OSError(errno.EIO, f"writing the checkpoint failed ({type(e).__name__}: {text})", str(tmp)) from e
+        pause = float(os.environ.get(PAUSE_ENV) or 0)
+        if pause > 0:  # tests only: widen the window in which a kill lands inside the write
+            time.sleep(pause)
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in checkpoints(run_dir)[:-keep]:
@@ -107,6 +127,24 @@ def load_checkpoint(path: Path, distiller: Distiller) -> int:
     distiller.load_trainable_state(state)
     distiller.load_optimizer_state(torch.load(path / "optimizers.pt", map_location=where, weights_only=True))
     return int(json.loads((path / "trainer.json").read_text())["iteration"])
+
+
+def trainer_state(path: Path) -> dict[str, Any]:
+    """The loop's own state saved with a checkpoint (trainer.json): iteration, the open logging window, ..."""
+    return json.loads((Path(path) / "trainer.json").read_text())
+
+
+def _metric_lines_up_to(path: Path, iteration: int) -> list[str]:
+    """metrics.jsonl lines logged at or before `iteration`; a line cut short by a kill is dropped."""
+    keep = []
+    for ln in path.read_text().splitlines():
+        try:
+            row = json.loads(ln)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and row.get("iteration", 0) <= iteration:
+            keep.append(ln)
+    return keep
 
 
 def load_generator_weights(path: Path) -> dict[str, torch.Tensor]:
@@ -224,10 +262,16 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
                           make_discriminator=components.make_discriminator, prepare=prepare, parallel=ctx)
 
     start = 0
+    # the logging window and the divergence count are part of the state: a resumed run logs the same lines
+    window: dict[str, list[float]] = {}
+    bad = 0
     ckpts = checkpoints(run_dir)
     if ckpts:
         _check_same_optimizer(run_dir, cfg, distiller)
         start = load_checkpoint(ckpts[-1], distiller)
+        saved_loop = trainer_state(ckpts[-1])
+        window = {k: [float(x) for x in v] for k, v in (saved_loop.get("log_window") or {}).items()}
+        bad = int(saved_loop.get("bad_iterations") or 0)
     metrics_path = run_dir / "metrics.jsonl"
     compute = (f"{cfg.train.mixed_precision} autocast" if use_cuda and cfg.train.mixed_precision != "no"
                else "stored dtype")
@@ -235,21 +279,25 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
     if main:
         for line in cautions:
             print(f"warning: {line}", file=sys.stderr, flush=True)
+        for stale in (run_dir / "checkpoints").glob(".tmp-*"):  # a write that a kill cut short
+            shutil.rmtree(stale, ignore_errors=True)
         write_status(run_dir, cfg, run_id, state="running", iteration=start, started=time.time(), reason="",
                      resumed_from=start or None, device=str(accelerator.device), processes=ctx.world_size,
                      parallel=ctx.strategy, precision=precision.describe(distiller, cfg, compute),
-                     optimizer=distiller.optimizer_info, warnings=cautions)
+                     optimizer=distiller.optimizer_info, warnings=cautions,
+                     **({"tiny_mode": cfg.tiny_changes} if cfg.tiny_changes else {}))
         if start == 0 and metrics_path.exists():
             metrics_path.unlink()
         elif metrics_path.exists():  # drop lines logged after the checkpoint we resume from
-            keep = [ln for ln in metrics_path.read_text().splitlines()
-                    if ln.strip() and json.loads(ln).get("iteration", 0) <= start]
+            keep = _metric_lines_up_to(metrics_path, start)
             metrics_path.write_text("".join(k + "\n" for k in keep))
 
     end = cfg.train.iterations if stop_after is None else min(cfg.train.iterations, start + stop_after)
-    bad, state, reason = 0, "completed", ""
+    state, reason = "completed", ""
     t0 = time.time()
-    window: dict[str, list[float]] = {}
+
+    def loop_state() -> dict[str, Any]:
+        return {"log_window": window, "bad_iterations": bad}
     from senseflow.progress import bar as tqdm  # plain lines when not on a terminal
 
     bar = tqdm(range(start, end), initial=start, total=cfg.train.iterations, disable=not (progress and main),
@@ -276,7 +324,7 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
                 bad = 0
             for k, v in m.items():
                 window.setdefault(k, []).append(v)
-            if (it + 1) % cfg.train.log_every == 0 or it + 1 == end:
+            if (it + 1) % cfg.train.log_every == 0 or it + 1 == cfg.train.iterations:
                 row = {"iteration": it + 1, "time": round(time.time() - t0, 3)}
                 row.update({k: float(np.mean([x for x in v if math.isfinite(x)] or [float("nan")]))
                             for k, v in window.items()})
@@ -288,7 +336,7 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
                 window.clear()
             done = it + 1
             if done % cfg.train.checkpoint_every == 0 and done < cfg.train.iterations:
-                save_checkpoint(run_dir, distiller, done, cfg.train.keep_checkpoints)
+                save_checkpoint(run_dir, distiller, done, cfg.train.keep_checkpoints, loop_state())
                 if main:
                     write_status(run_dir, cfg, run_id, state="running", iteration=done)
             if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.iterations:
@@ -313,7 +361,7 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
         ctx.barrier()
         return TrainResult("diverged", done, run_dir, distiller, reason, elapsed)
     if done < cfg.train.iterations:
-        save_checkpoint(run_dir, distiller, done, cfg.train.keep_checkpoints)
+        save_checkpoint(run_dir, distiller, done, cfg.train.keep_checkpoints, loop_state())
         if main:
             write_status(run_dir, cfg, run_id, state="stopped", iteration=done)
         ctx.barrier()

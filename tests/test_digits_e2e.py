@@ -23,7 +23,7 @@ def quick_cache(tmp_path_factory):
 
 
 def test_digits_grid_table_and_plots(tmp_path, quick_cache, capsys):
-    doc = {"grid": "e2e", "base": "digits-senseflow",
+    doc = {"grid": "e2e", "base": "digits-senseflow", "allow_outside_results": True,
            "overrides": {"model.teacher": "quick", "train.iterations": 20, "train.log_every": 5,
                          "train.eval_every": 10, "eval.num_samples": 100, "output.root": str(tmp_path / "runs")},
            "seeds": [0, 1],

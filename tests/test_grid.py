@@ -18,6 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 def grid_doc(tmp_path: Path, **extra) -> dict:
     doc = {
         "grid": "g",
+        "allow_outside_results": True,
         "base": "digits-senseflow",
         "overrides": {"train.iterations": 30, "output.root": str(tmp_path / "runs")},
         "eval": {"num_samples": 100},

@@ -19,7 +19,7 @@ from senseflow.run import read_status
 
 
 def grid_file(tmp_path: Path, iterations: int = 20, seeds=(0, 1), variants=("A", "B"), **over) -> Path:
-    doc = {"grid": "t", "base": "digits-senseflow",
+    doc = {"grid": "t", "base": "digits-senseflow", "allow_outside_results": True,
            "overrides": {"train.iterations": iterations, "train.checkpoint_every": 5, "train.log_every": 5,
                          "output.root": str(tmp_path / "results" / "runs"), **over},
            "seeds": list(seeds), "variants": [{"name": v, "overrides": {"isg.weight": 0.5 + i}}

@@ -51,7 +51,7 @@ def write(tmp_path: Path, doc: dict) -> Path:
     (lambda d: d["params"].update({"gan.kind": {"type": "categorical", "choices": ["vfm", "stylegan"]}}),
      "param 'gan.kind' = stylegan: gan.kind='stylegan' is not allowed"),
     (lambda d: d["params"].update({"isg.margin": {"type": "int", "low": 10, "high": 200}}),
-     "param 'isg.margin' = 200: config: isg.margin=200 leaves no room"),
+     "param 'isg.margin' = 200: isg.margin=200 leaves no room"),
     (lambda d: d.update(objectives=[{"metric": "fid_t", "direction": "down"}]), "direction='down' must be minimize or maximize"),
     (lambda d: d.update(objectives=[{"metric": "fid_t"}, {"metric": "prompt_accuracy", "direction": "maximize"}],
                         pruner={"kind": "median"}, intermediate={"every": 5}), "needs a single objective"),

@@ -131,8 +131,9 @@ def run(file: Path = typer.Argument(..., help="grid YAML"),
         wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait for the jobs (else submit and exit)"),
         job: str = typer.Option("execute", help="job function: execute | smoke (stand-in) | module:function")):
     """Run every cell that is not done; interrupted runs resume from their last checkpoint."""
-    from senseflow.launch import launch
+    from senseflow.launch import check_executor, launch
 
+    check_executor(executor)
     grid = load_grid(file)
     specs = grid.select(only)
     _header(grid, specs)

@@ -11,6 +11,7 @@ from senseflow.errors import UserError
 
 app = typer.Typer(no_args_is_help=True)
 
+FORMATS = ("table", "csv", "json")
 ROOT_HELP = "results root (holds runs/<grid>/<run_id>/ and senseflow.duckdb)"
 
 
@@ -32,17 +33,18 @@ def query(sql: str = typer.Argument(..., help="read-only SQL over tables runs, t
           root: Path = typer.Option(Path("results"), help=ROOT_HELP), db: Path = typer.Option(None),
           fmt: str = typer.Option("table", "--format", help="table | csv | json")):
     """Run a read-only query and print the rows."""
+    from evals.store import QueryError
     from evals.store import query as do_query
 
+    if fmt not in FORMATS:
+        raise UserError(f"--format={fmt!r} is not one of {', '.join(FORMATS)}")
     path = _db(root, db)
     if not path.is_file():
         raise UserError(f"no database at {path}; run `senseflow results sync` first")
     try:
         cols, rows = do_query(path, sql)
-    except Exception as e:  # duckdb parser/binder errors are the user's SQL
-        if type(e).__module__.startswith("duckdb"):
-            raise UserError(f"query failed: {str(e).splitlines()[0]}") from None
-        raise
+    except QueryError as e:
+        raise UserError(f"results query: {e}") from None
     if fmt == "json":
         typer.echo(json.dumps([dict(zip(cols, r)) for r in rows], default=str, indent=1))
     elif fmt == "csv":

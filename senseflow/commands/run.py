@@ -36,13 +36,29 @@ def train(source: str = typer.Argument(..., help="preset name or YAML config"),
     folder = run_dir or run_dir_for(cfg)
     main = launch_rank() == 0  # several processes (torchrun, a SLURM profile's tasks): rank 0 reports
     if main:
+        writable_folder(folder, "--run-dir" if run_dir else "output.root")
         typer.echo(f"run folder: {folder}")
+        for change in cfg.tiny_changes:
+            typer.echo(f"tiny mode: {change}")
     status = execute(cfg, folder, progress=progress, stop_after=stop_after, evaluate=evaluate)
     if not main:
         return
     typer.echo(f"state: {status.get('state')}  iteration: {status.get('iteration')}"
                + (f"  reason: {status['reason']}" if status.get("reason") else ""))
     _print_eval(folder)
+
+
+def writable_folder(folder: Path, key: str) -> None:
+    """Create the run folder now, so that a path that cannot hold it fails as one line before anything loads."""
+    import os
+
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{key}: cannot create the run folder {folder} ({e.strerror or e}); choose a writable "
+                        "folder") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{key}: the run folder {folder} is not writable; choose a writable folder")
 
 
 def _print_eval(folder: Path) -> None:
@@ -125,16 +141,20 @@ def sample(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint
 
     from senseflow.train import save_png
 
+    # everything the arguments alone decide is checked before the models load
+    if steps is not None and steps < 1:
+        raise UserError(f"--steps={steps} must be at least 1")
+    if sampler is not None and sampler not in ("euler", "stochastic"):
+        raise UserError(f"--sampler={sampler!r} must be 'euler' or 'stochastic'")
+    if n < 1:
+        raise UserError(f"--n={n} must be at least 1")
+    resolve_checkpoint(checkpoint)
     cfg, components, student, few = load_student(checkpoint)
     if steps is not None and steps != few.num_steps:
-        if steps < 1:
-            raise UserError(f"--steps={steps} must be at least 1")
         last = cfg.generator.anchor_indices[-1]
         idx = torch.linspace(999, last, steps).round().long().tolist() if steps > 1 else [999]
         few = few_step_generator(cfg, components.bundle.sigma_table, idx)
     sampler = sampler or cfg.generator.sampler
-    if sampler not in ("euler", "stochastic"):
-        raise UserError(f"--sampler={sampler!r} must be 'euler' or 'stochastic'")
     imgs = components.render(sample_latents(components, student, few, list(prompt), n, seed, sampler))
     channels = imgs.shape[-1]
     grid = make_grid(torch.from_numpy(imgs).permute(0, 3, 1, 2), nrow=n, padding=0)

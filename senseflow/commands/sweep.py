@@ -36,8 +36,10 @@ def run(file: Path = typer.Argument(..., help="sweep YAML, e.g. experiments/swee
         sync: bool = typer.Option(True, "--sync/--no-sync", help="rebuild the DuckDB store at the end"),
         db: Path = typer.Option(None, help="DuckDB file (default <results>/senseflow.duckdb)")):
     """Run trials until the study holds --trials of them; each trial is an ordinary run."""
+    from senseflow.launch import check_executor
     from senseflow.sweep import load_sweep, run_sweep
 
+    check_executor(executor)  # before the header and before the study's storage is created
     sweep = load_sweep(file)
     target = trials or sweep.trials
     out.print(f"[bold]sweep {sweep.name}[/]: {len(sweep.params)} params, objectives "

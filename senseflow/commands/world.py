@@ -14,6 +14,7 @@ from pathlib import Path
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 app = typer.Typer(help="Build the embedded worlds.", no_args_is_help=True)
@@ -21,7 +22,7 @@ digits_app = typer.Typer(help="The digits world: sklearn 8x8 digits, MiniLM prom
                          no_args_is_help=True)
 app.add_typer(digits_app, name="digits")
 
-_CACHE_HELP = "senseflow cache root (default $SENSEFLOW_CACHE, else ./.cache/senseflow)"
+_CACHE_HELP = "senseflow cache root (default $SENSEFLOW_CACHE, else $XDG_CACHE_HOME/senseflow or ~/.cache/senseflow)"
 _SET_HELP = "dotted config override, repeatable, e.g. --set teacher.steps=3000 --set sampling.cfg_scale=2"
 
 
@@ -103,6 +104,18 @@ def figures_table(figures: dict) -> Table:
     return t
 
 
+def _cache_origin(cache_dir: Path | None) -> str:
+    """Where the cache root came from, so a user running elsewhere finds (or moves) the same world."""
+    import os
+
+    from senseflow.worlds.digits.config import CACHE_ENV, cache_root
+
+    root = cache_root(cache_dir)
+    why = "--cache-dir" if cache_dir is not None else (f"${CACHE_ENV}" if os.environ.get(CACHE_ENV)
+                                                       else f"default; set ${CACHE_ENV} or --cache-dir to move it")
+    return f"{root}, {why}"
+
+
 @digits_app.command("build")
 def build(cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
           quick: bool = typer.Option(False, "--quick", help="shortened schedule (smoke runs; not the world's figures)"),
@@ -125,7 +138,7 @@ def build(cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
         if cached is not None:
             elapsed = time.perf_counter() - t0
             console.print(figures_table(cached.figures))
-            console.print(f"world: {cached.directory}")
+            console.print(f"world: {cached.directory}  (cache root: {escape(_cache_origin(cache_dir))})")
             console.print(f"built in this call: nothing (all cached); {len(cached.files)} files checked in "
                           f"{elapsed:.2f} s")
             grid_dir = cached.directory / "samples"
@@ -145,7 +158,7 @@ def build(cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
     elapsed = time.perf_counter() - t0
     console.print(figures_table(world.figures))
     built = sorted(k for k, v in world.provenance.items() if v != "loaded")
-    console.print(f"world: {world.directory}")
+    console.print(f"world: {world.directory}  (cache root: {escape(_cache_origin(cache_dir))})")
     console.print(f"built in this call: {', '.join(built) or 'nothing (all cached)'}; build_world took {elapsed:.1f} s")
     grid_dir = world.directory / "samples"
     if grids_to is not None:

@@ -1,8 +1,9 @@
 """The digits world's configuration: every size, schedule, seed and learning rate, hashed into its cache key.
 
 Two worlds with the same `DigitsWorldConfig` are the same world: they share one cache directory,
-`<root>/worlds/digits-<hash>/`, where root is $SENSEFLOW_CACHE or `.cache/senseflow` (relative to the
-current directory). Changing any field (or `version`, bumped when the code changes what it builds)
+`<root>/worlds/digits-<hash>/`, where root is $SENSEFLOW_CACHE, else $XDG_CACHE_HOME/senseflow, else
+~/.cache/senseflow (a per-user cache, as Hugging Face's: the same world whatever the current directory).
+Changing any field (or `version`, bumped when the code changes what it builds)
 gives a new hash and a fresh build; the benchmark settings (`bench`) are the exception: they change nothing
 the world builds, so they are left out of the hash.
 """
@@ -17,7 +18,6 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 CACHE_ENV = "SENSEFLOW_CACHE"
-DEFAULT_CACHE_ROOT = Path(".cache") / "senseflow"
 
 
 class _Section(BaseModel):
@@ -220,8 +220,12 @@ def _split_override(text: str) -> tuple[str, object]:
 
 
 def cache_root(root: str | os.PathLike | None = None) -> Path:
-    """The senseflow cache root: the argument, else $SENSEFLOW_CACHE, else ./.cache/senseflow."""
+    """The senseflow cache root: the argument (--cache-dir), else $SENSEFLOW_CACHE, else
+    $XDG_CACHE_HOME/senseflow, else ~/.cache/senseflow."""
     if root is not None:
-        return Path(root)
+        return Path(root).expanduser()
     env = os.environ.get(CACHE_ENV)
-    return Path(env) if env else DEFAULT_CACHE_ROOT
+    if env:
+        return Path(env).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    return (Path(xdg) if xdg else Path.home() / ".cache") / "senseflow"

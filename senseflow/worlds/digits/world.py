@@ -1,7 +1,7 @@
 """`build_world`: train what is missing, load what is cached, and hand back one `DigitsWorld`.
 
 Cache layout, `<root>/worlds/digits-<config hash>/` (root: the `cache_dir` argument, else $SENSEFLOW_CACHE,
-else ./.cache/senseflow); weights are safetensors, never pickle:
+else $XDG_CACHE_HOME/senseflow or ~/.cache/senseflow); weights are safetensors, never pickle:
 
     config.json                 the resolved DigitsWorldConfig (what the hash covers)
     data.safetensors            train / held-out images and labels (the seeded split)
@@ -497,8 +497,8 @@ def build_world(cfg: DigitsWorldConfig | None = None, cache_dir: str | Path | No
                 progress: bool = True, figures: bool = True, grids: bool = True) -> DigitsWorld:
     """Build (train what is missing) or load (what is cached) the digits world.
 
-    cache_dir: the senseflow cache root (default $SENSEFLOW_CACHE, else ./.cache/senseflow); the world lives in
-        `<cache_dir>/worlds/digits-<config hash>/`.
+    cache_dir: the senseflow cache root (default $SENSEFLOW_CACHE, else $XDG_CACHE_HOME/senseflow or
+        ~/.cache/senseflow); the world lives in `<cache_dir>/worlds/digits-<config hash>/`.
     figures: compute figures.json when missing (FIDs, accuracies, the DMD-iteration benchmark: the project's
         Distiller.step timed for the runs of config.bench, see senseflow.worlds.digits.bench).
     grids: write samples/digit_<d>.png and overview.png when any is missing.
