@@ -194,10 +194,26 @@ def _real_mode(fake: bool):
     return unset_fake_temporarily()
 
 
-def build_distiller(cfg: RunConfig, parts: RunParts, *, fake: bool, checkpointing: bool = False):
+def random_init(module: nn.Module, device) -> nn.Module:
+    """A meta-device module given real tensors on `device`: parameters N(0, 0.02), buffers ones (a smoke
+    run needs finite numbers, not a good model; a buffer such as a pixel std must not be near zero)."""
+    materialize(module, device)
+    with torch.no_grad():
+        for t in module.parameters():
+            if t.is_floating_point():
+                t.normal_(0.0, 0.02)
+        for t in module.buffers():
+            if t.is_floating_point():
+                t.fill_(1.0)
+    return module
+
+
+def build_distiller(cfg: RunConfig, parts: RunParts, *, fake: bool, checkpointing: bool = False,
+                    device: str | torch.device | None = None):
     """The run's Distiller on the published architectures, with G and F at the trainable dtype and the
     teacher, VAE and backbone at model.dtype. fake=True (inside a FakeTensorMode): every network is built
-    on the meta device and given fake CPU tensors (no initialisation); fake=False: random init on the CPU.
+    on the meta device and given fake CPU tensors (no initialisation); fake=False: random init on the CPU,
+    or on `device` (built on meta, then filled there: a full-size model never passes through host memory).
 
     Returns (distiller, text_stub)."""
     from senseflow.components import make_discriminator_factory
@@ -211,8 +227,15 @@ def build_distiller(cfg: RunConfig, parts: RunParts, *, fake: bool, checkpointin
     family = cfg.model.family
     model_dtype = DTYPES[cfg.model.dtype]
     train_dtype = DTYPES[cfg.train.trainable_dtype]
-    where = "meta" if fake else "cpu"
-    ready = materialize if fake else (lambda m: m)
+    where = "meta" if fake or device is not None else "cpu"
+    if fake:
+        ready = materialize
+    elif device is not None:
+        def ready(m):
+            return random_init(m, device)
+    else:
+        def ready(m):
+            return m
 
     def make(name, **kw):
         with _real_mode(fake):  # meta kernels are cheap; the same ops under FakeTensorMode are not
