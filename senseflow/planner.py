@@ -364,11 +364,11 @@ def count_flops(distiller, batch, k: int, backsim: bool, gen_step: bool, iterati
     return _flops_of(iteration_parts(distiller, batch, k, backsim, gen_step, iteration))
 
 
-def _autocast(cfg: RunConfig):
+def _autocast(cfg: RunConfig, device_type: str = "cpu"):
     if cfg.train.mixed_precision == "no":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" else torch.float16
-    return torch.autocast("cpu", dtype=dtype)
+    return torch.autocast(device_type, dtype=dtype)
 
 
 @dataclass
@@ -477,7 +477,7 @@ def measure_iteration(cfg: RunConfig, distiller, batch, k: int, backsim: bool, f
     counts: dict[str, int] = {}
     tracker = LiveBytes()
     parts = iteration_parts(distiller, batch, k, backsim, True)
-    with tracker, _autocast(cfg):
+    with tracker, _autocast(cfg, distiller.device.type):
         for name, fn in parts:
             tracker.reset_peak()
             with FlopCounterMode(display=False) if flops else contextlib.nullcontext() as counter:

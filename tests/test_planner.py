@@ -136,8 +136,10 @@ def test_fake_trace_counts_the_same_flops_and_bytes_as_real_tensors():
     assert flops_fake == flops_real and sum(flops_real.values()) > 0
     assert set(flops_real) == {"backward simulation", "generator forward", "generator step", "fake-score step",
                                "discriminator step"}
+    # real CPU kernels keep a few small extras (under 1 MiB here) that their fake counterparts do not report
     for k in peaks_real:
-        assert peaks_fake[k] == pytest.approx(peaks_real[k], rel=0.02), k
+        assert abs(peaks_fake[k] - peaks_real[k]) <= max(0.02 * peaks_real[k], 2 ** 20), k
+    assert peaks_real["generator step"] > 100 * 2 ** 20
 
 
 def test_trace_of_narrow_model_separates_isg_and_checkpointing(tmp_path):
