@@ -264,9 +264,12 @@ def build_distiller(cfg: RunConfig, parts: RunParts, *, fake: bool, checkpointin
     def prepare(d) -> None:
         published.cast(d.generator, train_dtype)
         published.cast(d.fake_score, train_dtype)
-        if d.discriminator is not None:
-            for p in d.discriminator.trainable_parameters():
-                p.data = p.data.to(train_dtype)
+        if d.discriminator is not None:  # its trained part, buffers too (spectral norm's u, v): not the backbone
+            backbone = getattr(d.discriminator, "backbone", None)
+            keep = {id(t) for t in (list(backbone.parameters()) + list(backbone.buffers()))} if backbone else set()
+            for t in list(d.discriminator.parameters()) + list(d.discriminator.buffers()):
+                if id(t) not in keep and t.is_floating_point():
+                    t.data = t.data.to(train_dtype)
         if checkpointing:
             d.generator.enable_gradient_checkpointing()
             d.fake_score.enable_gradient_checkpointing()
@@ -365,10 +368,13 @@ def count_flops(distiller, batch, k: int, backsim: bool, gen_step: bool, iterati
 
 
 def _autocast(cfg: RunConfig, device_type: str = "cpu"):
+    """The step's autocast without its weight cache: the cache keeps a low-precision copy of every fp32
+    weight used until the step ends, which only the one-process layout has (FSDP gathers the weights in
+    the compute dtype already); `layout_bytes` adds it there."""
     if cfg.train.mixed_precision == "no":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" else torch.float16
-    return torch.autocast(device_type, dtype=dtype)
+    return torch.autocast(device_type, dtype=dtype, cache_enabled=False)
 
 
 @dataclass
@@ -649,7 +655,7 @@ def activation_bytes(t: Trace) -> int:
 
 
 def layout_bytes(cfg: RunConfig, nets: list[NetworkSize], unit_params: int, trace_: Trace, group: int, *,
-                 eight_bit: bool, offload_text: bool) -> dict[str, float]:
+                 eight_bit: bool, offload_text: bool, one_process: bool = False) -> dict[str, float]:
     train_size = _size(DTYPES[cfg.train.trainable_dtype])
     compute = _size(torch.bfloat16) if cfg.train.mixed_precision != "no" else train_size
     frozen = sum(n.bytes for n in nets if not n.trainable and not (offload_text and n.role == "text encoder"))
@@ -662,6 +668,8 @@ def layout_bytes(cfg: RunConfig, nets: list[NetworkSize], unit_params: int, trac
            "trainable weights": weights / group, "gradients": grads / group, "optimizer states": optim / group}
     if group > 1:
         out["FSDP gathered units"] = float(2 * unit_params * compute)
+    elif one_process and compute < train_size:
+        out["autocast weight cache"] = float(sum(n.params for n in trainable) * compute)
     out["activations"] = float(activation_bytes(trace_))
     return out
 
@@ -729,7 +737,7 @@ def plan(cfg: RunConfig, *, gpus: int = 8, gpu_mem_gib: float = 80.0, nodes: int
 
     def make(name, g, ckpt=ck, eight_bit=eight, offload=False):
         return Layout(name, g, layout_bytes(cfg, nets, unit, traces[ckpt], g, eight_bit=eight_bit,
-                                            offload_text=offload), ckpt)
+                                            offload_text=offload, one_process=gpus == 1), ckpt)
 
     if gpus == 1:
         layouts = [make("one process", 1)]
@@ -767,7 +775,8 @@ def smallest_cluster(cfg: RunConfig, nets, unit: int, trace_: Trace, gpu_mem_gib
     gradient checkpointing."""
     budget = (gpu_mem_gib - HEADROOM_GIB) * GIB
     for n in (1, 2, 4, 8, 16, 32, 64, 128, 256):
-        total = sum(layout_bytes(cfg, nets, unit, trace_, n, eight_bit=cfg.optim.eight_bit, offload_text=False).values())
+        total = sum(layout_bytes(cfg, nets, unit, trace_, n, eight_bit=cfg.optim.eight_bit, offload_text=False,
+                                 one_process=n == 1).values())
         if total <= budget:
             return n
     return None

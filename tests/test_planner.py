@@ -75,6 +75,10 @@ def test_layout_bytes_shard_the_trainable_state_and_count_eight_bit_states():
     assert one["activations"] == eight["activations"] == 123
     fp32 = planner.layout_bytes(cfg, nets, 50, _stub_trace(123), 1, eight_bit=False, offload_text=False)
     assert fp32["optimizer states"] == 1700 * 2 * 4
+    # one process under bf16 autocast keeps a bf16 copy of every fp32 trained weight until the step ends
+    alone = planner.layout_bytes(cfg, nets, 50, _stub_trace(123), 1, eight_bit=True, offload_text=False,
+                                 one_process=True)
+    assert alone["autocast weight cache"] == 1700 * 2 and "autocast weight cache" not in one
 
 
 def test_plan_verdict_and_advice_from_the_layouts():
