@@ -1,6 +1,6 @@
 """Planned vs measured: the planner's peak memory and FLOPs against one real training iteration (issue 16).
 
-For each size (SD3.5-Medium's published blocks, 1/2/3 of them, at a small latent size) a fresh process
+For each size (SD3.5-Medium's published blocks, 1 or 2 of them, at 64 or 128 px; fp32) a fresh process
 builds the real networks on the CPU with random weights, creates every optimizer state, and runs one
 generator iteration of the Distiller (the last anchor, with backward simulation) under FlopCounterMode.
 
@@ -10,7 +10,7 @@ was built, with glibc's mmap threshold lowered to 64 KiB so that freed tensors g
 once instead of staying in the heap. The planner's figure is its fake-tensor trace of the same
 configuration: parameters + buffers + optimizer states + the traced peak of what the iteration creates.
 
-    python scripts/bench_plan.py [--blocks 1 2 3]     -> results/bench/plan-<date>.json
+    python scripts/bench_plan.py [--sizes 1x64 2x64 1x128]     -> results/bench/plan-<date>.json
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-OVERRIDES = ["model.resolution=64", "model.dtype=bfloat16", "train.trainable_dtype=bfloat16", "train.mixed_precision=no",
+OVERRIDES = ["model.dtype=float32", "train.trainable_dtype=float32", "train.mixed_precision=no",
              "gan.backbone=facebook/dinov2-small", "gan.layers=[3, 7, 11]", "gan.hidden_channels=64",
              "optim.eight_bit=false", "train.batch_size=1"]
 TEXT_TOKENS = 77 + 32
@@ -37,23 +37,25 @@ def _rss_kib(field: str) -> int:
     raise RuntimeError(f"no {field} in /proc/self/status")
 
 
-def setup(blocks: int):
+def setup(size: str):
+    """size "BxR": B of SD3.5-Medium's blocks at R x R pixels."""
     from senseflow import config, planner
 
-    cfg = config.resolve("sd35-medium-senseflow", OVERRIDES)
+    blocks, res = (int(v) for v in size.split("x"))
+    cfg = config.resolve("sd35-medium-senseflow", OVERRIDES + [f"model.resolution={res}"])
     parts = planner.run_parts(cfg, blocks=blocks, text_tokens=TEXT_TOKENS)
     parts.overrides["pos_embed_max_size"] = 16  # the 384-wide position table would dwarf a 64 px run
     return cfg, parts
 
 
-def measure(blocks: int) -> dict:
+def measure(size: str) -> dict:
     """In this (fresh) process: build, warm the optimizers, run one iteration; RSS and FLOPs."""
     import torch
 
     torch.set_num_threads(1)
     from senseflow import planner
 
-    cfg, parts = setup(blocks)
+    cfg, parts = setup(size)
     base = _rss_kib("VmRSS")
     torch.manual_seed(0)
     distiller, text = planner.build_distiller(cfg, parts, fake=False, checkpointing=False)
@@ -65,18 +67,18 @@ def measure(blocks: int) -> dict:
     Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
     flops = planner.count_flops(distiller, batch, distiller.few_step.num_steps - 1, True, True)
     peak = _rss_kib("VmHWM")
-    return {"blocks": blocks, "static_bytes_exact": static, "rss_static_bytes": (before - base) * 1024,
+    return {"size": size, "static_bytes_exact": static, "rss_static_bytes": (before - base) * 1024,
             "rss_peak_bytes": (peak - base) * 1024, "flops": flops}
 
 
-def planned(blocks: int) -> dict:
+def planned(size: str) -> dict:
     """The planner's trace of the same iteration (gradient checkpointing off, as train.py runs on a CPU):
     static bytes, the peak of what the iteration creates, and FLOPs by component, from one fake pass."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     from senseflow import planner
 
-    cfg, parts = setup(blocks)
+    cfg, parts = setup(size)
     with FakeTensorMode(allow_non_fake_inputs=True), planner._ScalarReads():
         d, text = planner.build_distiller(cfg, parts, fake=True)
         batch = planner.make_batch(cfg, d, text, cfg.train.batch_size)
@@ -89,8 +91,8 @@ def planned(blocks: int) -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--blocks", type=int, nargs="+", default=[1, 2, 3])
-    ap.add_argument("--child", type=int, default=None)
+    ap.add_argument("--sizes", nargs="+", default=["1x64", "2x64", "1x128"], help="BLOCKSxPIXELS")
+    ap.add_argument("--child", default=None)
     ap.add_argument("--out", default=str(REPO / "results" / "bench" / f"plan-{time.strftime('%Y-%m-%d')}.json"))
     args = ap.parse_args()
     if args.child is not None:
@@ -102,7 +104,7 @@ def main() -> int:
 
     torch.set_num_threads(1)
     rows = []
-    for b in args.blocks:
+    for b in args.sizes:
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "65536", "OMP_NUM_THREADS": "1",
                "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
         out = subprocess.run([sys.executable, __file__, "--child", str(b)], capture_output=True, text=True, env=env)
@@ -112,7 +114,7 @@ def main() -> int:
         m = json.loads(out.stdout.strip().splitlines()[-1])
         p = planned(b)
         fake_flops = p["flops"]
-        row = {"blocks": b, "measured_peak_gib": m["rss_peak_bytes"] / planner.GIB,
+        row = {"size": b, "measured_peak_gib": m["rss_peak_bytes"] / planner.GIB,
                "planned_peak_gib": p["peak_bytes"] / planner.GIB,
                "memory_error": p["peak_bytes"] / m["rss_peak_bytes"] - 1,
                "measured_static_gib": m["rss_static_bytes"] / planner.GIB,

@@ -40,6 +40,14 @@ def main() -> int:
     text_bytes = sum(n.bytes for n in p.networks if n.role == "text encoder")
     predicted = p.chosen.total - text_bytes
 
+    card = torch.cuda.get_device_properties(0).total_memory
+    print(f"planner: {predicted / 2 ** 30:.1f} GiB on one GPU without the text encoders "
+          f"(card: {card / 2 ** 30:.1f} GiB)", flush=True)
+    if predicted > card:
+        print(f"gpu_smoke: the planner says this run does not fit one {torch.cuda.get_device_name(0)} "
+              f"({predicted / 2 ** 30:.1f} GiB > {card / 2 ** 30:.1f} GiB); pass overrides that shrink it, e.g. "
+              "gan.hidden_channels=256 or model.resolution=512", file=sys.stderr)
+        return 4
     dev = torch.device("cuda")
     distiller, text = planner.build_distiller(cfg, parts, fake=False, checkpointing=True, device=dev)
     batch = planner.make_batch(cfg, distiller, text, cfg.train.batch_size, device="cuda")
