@@ -44,10 +44,17 @@ def plan_cmd(source: str = typer.Argument(..., help="preset name or YAML file, e
     if util > 1:
         raise UserError(f"--mfu {mfu} is a fraction of the peak; give e.g. --mfu 0.35")
     cfg = config_mod.resolve(source, overrides or [])
+    from torch.utils.checkpoint import CheckpointError
+
     try:
         p = planner.plan(cfg, gpus=int(n_gpus), gpu_mem_gib=mem, nodes=int(n_nodes), mfu=util)
     except planner.PlanError as e:
         raise UserError(str(e)) from None
+    except CheckpointError as e:
+        first = str(e).splitlines()[0]
+        raise UserError(f"{source}: one iteration of this run fails under gradient checkpointing ({first}); "
+                        f"it cannot be planned, nor trained with train.gradient_checkpointing=true on a GPU, "
+                        f"until that is fixed") from None
     lines = planner.render(p)
     report = None
     if files:
