@@ -227,6 +227,8 @@ def build_distiller(cfg: RunConfig, parts: RunParts, *, fake: bool, checkpointin
     family = cfg.model.family
     model_dtype = DTYPES[cfg.model.dtype]
     train_dtype = DTYPES[cfg.train.trainable_dtype]
+    if fake:  # 8-bit states are counted from the parameter counts; bitsandbytes need not be here to trace
+        cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"eight_bit": False})})
     where = "meta" if fake or device is not None else "cpu"
     if fake:
         ready = materialize
