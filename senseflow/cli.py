@@ -26,6 +26,7 @@ err = Console(stderr=True)
 _SUBAPPS = [
     ("senseflow.commands.world", "app", "world", "Build the embedded worlds (digits)."),
     ("senseflow.commands.run", "app", None, None),
+    ("senseflow.commands.plan", "app", None, None),
     ("senseflow.commands.results", "app", "results", "Sync, query and tabulate results."),
     ("senseflow.commands.grid", "app", "grid", "Plan, run and inspect experiment grids."),
     ("senseflow.commands.sweep", "app", "sweep", "Optuna sweeps over hyperparameters."),

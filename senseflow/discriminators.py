@@ -488,6 +488,11 @@ class VFMDiscriminator(nn.Module):
         """True when D conditions on its own text embedding of the prompts (`encode_text`)."""
         return self._text_encoder is not None
 
+    @property
+    def text_encoder(self) -> nn.Module | None:
+        """D's own frozen text encoder (kept out of D's parameters, state dict and sharding), or None."""
+        return self._text_encoder[0] if self._text_encoder is not None else None
+
     @torch.no_grad()
     def encode_text(self, prompts: list[str] | None) -> Tensor:
         """D's text embedding (B, text_dim) of the prompts, from its own frozen text encoder (moved to the

@@ -13,6 +13,7 @@ import contextlib
 import dataclasses
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 from torch import nn
@@ -212,39 +213,65 @@ class Distiller(nn.Module):
                 group["lr"] = lr * factor
 
     def step(self, iteration: int, batch: Batch) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for _, phase in self.phases(iteration, batch):
+            out.update(phase())
+        return out
+
+    def phases(self, iteration: int, batch: Batch, anchor: int | None = None, backsim: bool | None = None,
+               gen_step: bool | None = None) -> list[tuple[str, Callable[[], dict[str, float]]]]:
+        """One iteration as named phases that `step` runs in order (the planner counts each one's FLOPs and
+        bytes). The names are fixed: a phase with nothing to do returns {}. `anchor`, `backsim` and `gen_step`
+        override the draws `step` takes (the shared stream is consumed all the same)."""
         cfg = self.cfg
         if cfg.optim.warmup:
             self.set_learning_rates(iteration)
         seed = cfg.train.seed
         shared = step_generator(seed, iteration, stream=0)            # same on every rank
         local = step_generator(seed, iteration, stream=1, rank=self.rank)
-        gen_step = iteration % cfg.optim.ttur == 0
+        gen = iteration % cfg.optim.ttur == 0 if gen_step is None else gen_step
         b = batch.latents.shape[0]
-        out: dict[str, float] = {"gen_step": float(gen_step)}
-
         k = int(torch.randint(self.few_step.num_steps, (1,), generator=shared))
-        backsim = bool(torch.rand(1, generator=shared) < cfg.generator.backsim_prob)
-        out["anchor"] = float(k)
+        coin = bool(torch.rand(1, generator=shared) < cfg.generator.backsim_prob)
+        k = k if anchor is None else anchor
+        coin = coin if backsim is None else backsim
         sigma_i = torch.full((b,), self.few_step.sigma(k), device=self.device)
         sigma_next = torch.full((b,), self.few_step.sigma(k + 1), device=self.device)
-        x_i = self.generator_input(batch, k, backsim, local)
-        if self._gan_enabled() and getattr(self.discriminator, "encodes_text", False):
-            batch = dataclasses.replace(batch, disc_text=self.discriminator.encode_text(batch.prompts))
+        dmd2_guidance = self._gan_enabled() and cfg.gan.kind == "dmd2" and cfg.gan.train_fake_score_body
+        s: dict = {"batch": batch}
 
-        with contextlib.nullcontext() if gen_step else torch.no_grad():
-            v_g = self.generator(x_i, sigma_i, batch.cond)
-            x0_g = flow.x0_from_velocity(x_i, sigma_i, v_g)
+        def generator_input() -> dict[str, float]:  # backward simulation, or a real latent noised to sigma_k
+            s["x_i"] = self.generator_input(batch, k, coin, local)
+            if self._gan_enabled() and getattr(self.discriminator, "encodes_text", False):
+                s["batch"] = dataclasses.replace(batch, disc_text=self.discriminator.encode_text(batch.prompts))
+            return {"gen_step": float(gen), "anchor": float(k)}
 
-        if gen_step:
-            out.update(self._generator_update(batch, x_i, v_g, x0_g, sigma_i, sigma_next, k, local))
-        x0_g = x0_g.detach()
-        if self._gan_enabled() and cfg.gan.kind == "dmd2" and cfg.gan.train_fake_score_body:
-            out.update(self._guidance_update(batch, x0_g, sigma_i, local))  # DMD2: F and its classifier together
-            return out
-        out.update(self._fake_score_update(batch, x0_g, local))
-        if self._gan_enabled():
-            out.update(self._discriminator_update(batch, x0_g, sigma_i, local))
-        return out
+        def generator_forward() -> dict[str, float]:
+            with contextlib.nullcontext() if gen else torch.no_grad():
+                s["v_g"] = self.generator(s["x_i"], sigma_i, s["batch"].cond)
+                s["x0_g"] = flow.x0_from_velocity(s["x_i"], sigma_i, s["v_g"])
+            return {}
+
+        def generator_update() -> dict[str, float]:
+            if not gen:
+                return {}
+            return self._generator_update(s["batch"], s["x_i"], s["v_g"], s["x0_g"], sigma_i, sigma_next, k, local)
+
+        def fake_score_update() -> dict[str, float]:
+            s["x0_g"] = s["x0_g"].detach()
+            s.pop("v_g", None)
+            if dmd2_guidance:  # DMD2: F and its classifier in one update
+                return self._guidance_update(s["batch"], s["x0_g"], sigma_i, local)
+            return self._fake_score_update(s["batch"], s["x0_g"], local)
+
+        def discriminator_update() -> dict[str, float]:
+            if not self._gan_enabled() or dmd2_guidance:
+                return {}
+            return self._discriminator_update(s["batch"], s["x0_g"], sigma_i, local)
+
+        return [("backward simulation", generator_input), ("generator forward", generator_forward),
+                ("generator step", generator_update), ("fake-score step", fake_score_update),
+                ("discriminator step", discriminator_update)]
 
     def _generator_update(self, batch, x_i, v_g, x0_g, sigma_i, sigma_next, k, g) -> dict[str, float]:
         cfg = self.cfg

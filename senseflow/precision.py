@@ -37,12 +37,22 @@ def _backbone(discriminator: nn.Module | None) -> nn.Module | None:
     return getattr(discriminator, "backbone", None) if discriminator is not None else None
 
 
+def cast(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """Floating parameters and buffers to `dtype` in place, tensor by tensor (`Module.to` swaps whole
+    parameters, which fake tensors, as the planner traces them, do not support)."""
+    with torch.no_grad():
+        for t in list(module.parameters()) + list(module.buffers()):
+            if t.is_floating_point() and t.dtype != dtype:
+                t.data = t.data.to(dtype)
+    return module
+
+
 def apply(distiller, cfg) -> None:
     """Cast the Distiller's modules in place to the policy (before sharding and before the optimizers)."""
     trainable = DTYPES[cfg.train.trainable_dtype]
     frozen = DTYPES[cfg.model.dtype]
-    distiller.generator.to(trainable)
-    distiller.fake_score.to(trainable)
+    cast(distiller.generator, trainable)
+    cast(distiller.fake_score, trainable)
     disc = distiller.discriminator
     if disc is not None:
         with torch.no_grad():
@@ -50,7 +60,7 @@ def apply(distiller, cfg) -> None:
                 p.data = p.data.to(HEAD_DTYPE)
         backbone = _backbone(disc)
         if backbone is not None:
-            backbone.to(frozen)
+            cast(backbone, frozen)
 
 
 def describe(distiller, cfg, compute: str) -> dict[str, str]:

@@ -105,6 +105,10 @@ def plan(file: Path = typer.Argument(..., help="grid YAML, e.g. experiments/digi
     specs = grid.select(only)
     _header(grid, specs)
     _table(grid, specs, detail=False)
+    from senseflow import preflight
+
+    for line in preflight.render(preflight.check_many(s.cfg for s in specs)):
+        out.print(escape(line))
 
 
 @app.command()
@@ -129,13 +133,21 @@ def run(file: Path = typer.Argument(..., help="grid YAML"),
         evaluate: bool = typer.Option(True, "--eval/--no-eval", help="evaluate each run after training"),
         retry_failed: bool = typer.Option(False, "--retry-failed", help="run failed cells again (resume) and diverged ones anew"),
         wait: bool = typer.Option(True, "--wait/--no-wait", help="slurm: wait for the jobs (else submit and exit)"),
-        job: str = typer.Option("execute", help="job function: execute | smoke (stand-in) | module:function")):
+        job: str = typer.Option("execute", help="job function: execute | smoke (stand-in) | module:function"),
+        allow_missing: bool = typer.Option(False, "--allow-missing", help="submit even when input files are missing")):
     """Run every cell that is not done; interrupted runs resume from their last checkpoint."""
+    from senseflow import preflight
     from senseflow.launch import check_executor, launch
 
     check_executor(executor)
     grid = load_grid(file)
     specs = grid.select(only)
+    missing = preflight.missing_lines(preflight.check_many(s.cfg for s in specs))
+    if missing and not allow_missing:
+        for line in missing:
+            typer.echo(line, err=True)
+        typer.echo(f"{len(missing)} input(s) missing: nothing submitted; fix them or pass --allow-missing", err=True)
+        raise SystemExit(2)
     _header(grid, specs)
 
     from senseflow.progress import GridProgress

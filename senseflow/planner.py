@@ -1,0 +1,835 @@
+"""Memory and compute of one run at full size, without weights: `plan(cfg, gpus=8, gpu_mem_gib=80)`.
+
+The networks are the published architectures (senseflow.models.published) built under torch's
+FakeTensorMode: tensors carry shapes, dtypes and devices but no storage, so a 12B-parameter model costs
+nothing to build. One training iteration of the real `Distiller` (its own methods, in its own order) is
+then traced on them:
+
+* FLOPs by component, counted by `torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions and
+  attention, forward and backward);
+* memory by `torch.distributed._tools.mem_tracker.MemTracker`, which follows every tensor's storage as
+  it is created and freed and reports the peak by kind (parameters, buffers, gradients, optimizer
+  states, activations, temporaries), once with gradient checkpointing of G and F and once without.
+
+Data-dependent reads (`float(loss)` for logging, the omega > 0 test) have no value under fake tensors;
+they read 1.0 here (`_ScalarReads`), so every branch that costs compute is taken.
+
+What is per GPU, from those traces and the parameter counts (bytes = count x dtype size):
+
+    resident   = teacher + VAE + text encoders + DINOv2 backbone       (model.dtype, replicated)
+    trainable  = G + F + D heads                                        (train.trainable_dtype)
+    gradients  = the largest of G, F, D (each network's gradients are freed after its own step)
+    optimizer  = 2 states per trainable parameter: trainable dtype (torch AdamW) or 1 byte + a
+                 4-byte absmax per 256-value block (bitsandbytes AdamW8bit, optim.eight_bit)
+    fsdp       : (trainable + gradients + optimizer) / shard group, plus two gathered units in the compute dtype
+    ddp        : all of it on every GPU
+    activations: the traced peak of activations and temporaries at the per-GPU batch
+
+Iteration time = FLOPs per GPU / (peak dense bf16 FLOP/s x model-FLOPs utilisation); communication is
+not modelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import weakref
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+
+from senseflow.config import RunConfig
+from senseflow.models import published
+from senseflow.precision import DTYPES, HEAD_DTYPE, cast
+
+GIB = 2 ** 30
+# Peak dense bf16 tensor-core throughput (vendor data sheets: A100 SXM 312 TFLOP/s, H100 SXM 989 TFLOP/s).
+PEAK_BF16 = {"A100": 312e12, "H100": 989e12}
+DEFAULT_MFU = 0.35
+HEADROOM_GIB = 3.0  # CUDA context, NCCL buffers and allocator fragmentation, kept free on each GPU
+EIGHT_BIT_BYTES = 2 * (1 + 4 / 256)  # two uint8 states + one fp32 absmax per 256-value block each
+TEXT_TOKENS = {"sd3": 77 + 256, "flux": 512, "sdxl": 77}  # the pipelines' sequence lengths (loading.py)
+
+
+class PlanError(ValueError):
+    """A run the planner cannot describe (not a paper teacher, or a bad layout)."""
+
+
+# ----------------------------------------------------------------------------- fake-tensor helpers
+class _ScalarReads(TorchDispatchMode):
+    """Reading a fake tensor's value (float(), bool(), .item()) gives 1.0 instead of raising."""
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            t = args[0]
+            return 1 if not t.dtype.is_floating_point else 1.0
+        return func(*args, **(kwargs or {}))
+
+
+class LiveBytes(TorchDispatchMode):
+    """Bytes of the tensor storages created inside this mode that are still alive, and their peak.
+
+    Every op's outputs are followed by their storage (views share one); a storage is released when its
+    last tensor goes (a weak reference's callback). Works on fake tensors (their storages have sizes
+    but no memory) as on real ones. `peak` can be reset to the current level between phases."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = 0
+        self.peak = 0
+        self._refs: dict[int, weakref.ref] = {}
+
+    def reset_peak(self) -> None:
+        self.peak = self.live
+
+    def _follow(self, t: torch.Tensor) -> None:
+        st = t.untyped_storage()
+        key = st._cdata
+        if key in self._refs:
+            return
+        n = st.nbytes()
+
+        def gone(_ref, key=key, n=n):
+            if self._refs.pop(key, None) is not None:
+                self.live -= n
+
+        self._refs[key] = weakref.ref(st, gone)
+        self.live += n
+        self.peak = max(self.peak, self.live)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self._follow(t)
+        return out
+
+
+class CachedText(nn.Module):
+    """A text encoder stand-in returning embeddings of the family's shapes (what cached prompt embeddings
+    would be); the real encoders' cost is planned separately."""
+
+    def __init__(self, family: str, tokens: int, width: int, pooled: int):
+        super().__init__()
+        self.family, self.tokens, self.width, self.pooled = family, tokens, width, pooled
+
+    def encode(self, prompts):
+        from senseflow.models.base import Conditioning
+
+        b = len(prompts)
+        extra = {"time_ids": torch.zeros(b, 6)} if self.family == "sdxl" else {}
+        return Conditioning(torch.zeros(b, self.tokens, self.width), torch.zeros(b, self.pooled), extra)
+
+
+# ----------------------------------------------------------------------------- the run's networks
+@dataclass
+class RunParts:
+    """Architecture names of a run's networks and the overrides that cut them down (bench sizes)."""
+
+    denoiser: str
+    vae: str
+    text: tuple[str, ...]
+    backbone: str | None
+    overrides: dict = field(default_factory=dict)
+    text_tokens: int = 0
+
+
+def run_parts(cfg: RunConfig, blocks: int | None = None, text_tokens: int | None = None) -> RunParts:
+    """The published architectures a config trains; `blocks` keeps only that many transformer blocks."""
+    parts = published.family_parts(cfg.model.family, cfg.model.teacher)
+    if parts is None:
+        raise PlanError(f"model.teacher={cfg.model.teacher!r} (family {cfg.model.family}) is not one of the paper's "
+                        f"teachers the planner knows: {', '.join(t for _, t in published.FAMILY_PARTS)}")
+    backbone = None
+    if cfg.gan.kind == "vfm":
+        backbone = published.BACKBONES.get(cfg.gan.backbone)
+        if backbone is None:
+            raise PlanError(f"gan.backbone={cfg.gan.backbone!r} is not a published DINOv2 the planner knows: "
+                            f"{', '.join(published.BACKBONES)}")
+    overrides: dict = {}
+    if blocks is not None:
+        if cfg.model.family == "sd3":
+            dual = published.ARCHITECTURES[parts[0]].config["dual_attention_layers"]
+            overrides = dict(num_layers=blocks, dual_attention_layers=tuple(i for i in dual if i < blocks))
+        elif cfg.model.family == "flux":
+            overrides = dict(num_layers=blocks, num_single_layers=blocks)
+        else:
+            raise PlanError("cut-down block counts are for the transformer families (sd3, flux)")
+    tokens = text_tokens or TEXT_TOKENS[cfg.model.family]
+    if cfg.model.family == "sd3" and not cfg.model.with_t5:
+        tokens = 77 + 256  # zeros take T5's place
+    return RunParts(parts[0], parts[1], parts[2], backbone, overrides, tokens)
+
+
+def _text_shapes(family: str, arch_cfg: dict) -> tuple[int, int]:
+    """(token width, pooled width) of the family's Conditioning."""
+    if family == "sdxl":
+        return arch_cfg["cross_attention_dim"], arch_cfg["projection_class_embeddings_input_dim"] - 6 * arch_cfg[
+            "addition_time_embed_dim"]
+    return arch_cfg["joint_attention_dim"], arch_cfg["pooled_projection_dim"]
+
+
+def materialize(module: nn.Module, device: str = "cpu") -> nn.Module:
+    """Give a meta-device module storage-less tensors on `device` (under FakeTensorMode: fake tensors, no
+    initialisation cost), parameter by parameter; values are undefined."""
+    for sub in module.modules():
+        for name, p in list(sub._parameters.items()):
+            if p is not None and p.device.type == "meta":
+                sub._parameters[name] = nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device=device),
+                                                     requires_grad=p.requires_grad)
+        for name, b in list(sub._buffers.items()):
+            if b is not None and b.device.type == "meta":
+                sub._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device=device)
+    return module
+
+
+def _real_mode(fake: bool):
+    """Leave FakeTensorMode (to build on the meta device) when tracing; nothing otherwise."""
+    if not fake:
+        return contextlib.nullcontext()
+    from torch._subclasses.fake_tensor import unset_fake_temporarily
+
+    return unset_fake_temporarily()
+
+
+def random_init(module: nn.Module, device) -> nn.Module:
+    """A meta-device module given real tensors on `device`: parameters N(0, 0.02), buffers ones (a smoke
+    run needs finite numbers, not a good model; a buffer such as a pixel std must not be near zero)."""
+    materialize(module, device)
+    with torch.no_grad():
+        for t in module.parameters():
+            if t.is_floating_point():
+                t.normal_(0.0, 0.02)
+        for t in module.buffers():
+            if t.is_floating_point():
+                t.fill_(1.0)
+    return module
+
+
+def build_distiller(cfg: RunConfig, parts: RunParts, *, fake: bool, checkpointing: bool = False,
+                    device: str | torch.device | None = None):
+    """The run's Distiller on the published architectures, with G and F at the trainable dtype and the
+    teacher, VAE and backbone at model.dtype. fake=True (inside a FakeTensorMode): every network is built
+    on the meta device and given fake CPU tensors (no initialisation); fake=False: random init on the CPU,
+    or on `device` (built on meta, then filled there: a full-size model never passes through host memory).
+
+    Returns (distiller, text_stub)."""
+    from senseflow.components import make_discriminator_factory
+    from senseflow.distill import Distiller
+    from senseflow.models.flux import FluxDenoiser
+    from senseflow.models.loading import sigma_table_for
+    from senseflow.models.sd3 import SD3Denoiser
+    from senseflow.models.sdxl import SDXLDenoiser
+    from senseflow.models.vae import VAECodec
+
+    family = cfg.model.family
+    model_dtype = DTYPES[cfg.model.dtype]
+    train_dtype = DTYPES[cfg.train.trainable_dtype]
+    if fake:  # 8-bit states are counted from the parameter counts; bitsandbytes need not be here to trace
+        cfg = cfg.model_copy(update={"optim": cfg.optim.model_copy(update={"eight_bit": False})})
+    where = "meta" if fake or device is not None else "cpu"
+    if fake:
+        ready = materialize
+    elif device is not None:
+        def ready(m):
+            return random_init(m, device)
+    else:
+        def ready(m):
+            return m
+
+    def make(name, **kw):
+        with _real_mode(fake):  # meta kernels are cheap; the same ops under FakeTensorMode are not
+            module = published.build(name, device=where, dtype=model_dtype, **kw)
+        return ready(module)
+
+    table = sigma_table_for(family)
+    backbone_mod = make(parts.denoiser, **parts.overrides)
+    teacher = {"sd3": SD3Denoiser, "flux": FluxDenoiser}.get(family)
+    teacher = teacher(backbone_mod) if teacher is not None else SDXLDenoiser(backbone_mod, table)
+    codec = VAECodec(make(parts.vae))
+    arch_cfg = {**published.ARCHITECTURES[parts.denoiser].config, **parts.overrides}
+    width, pooled = _text_shapes(family, arch_cfg)
+    text = CachedText(family, parts.text_tokens, width, pooled)
+    make_d = None
+    if cfg.gan.kind != "none":
+        dino = make(parts.backbone) if parts.backbone else "unused"
+        lat = cfg.model.resolution // codec.downsample_factor
+        clip = _disc_text_tower(cfg, make)
+        factory = make_discriminator_factory(cfg, dino, pooled, cfg.model.resolution, (lat, lat), text_encoder=clip)
+
+        def make_d(fake_score):
+            with _real_mode(fake), torch.device(where):
+                d = factory(fake_score)
+            return ready(d)
+
+    def prepare(d) -> None:
+        cast(d.generator, train_dtype)
+        cast(d.fake_score, train_dtype)
+        if d.discriminator is not None:  # its trained part, buffers too (spectral norm's u, v): not the backbone
+            backbone = getattr(d.discriminator, "backbone", None)
+            keep = {id(t) for t in (list(backbone.parameters()) + list(backbone.buffers()))} if backbone else set()
+            for t in list(d.discriminator.parameters()) + list(d.discriminator.buffers()):
+                if id(t) not in keep and t.is_floating_point():
+                    t.data = t.data.to(HEAD_DTYPE)  # fp32 whatever train.trainable_dtype is
+        if checkpointing:
+            d.generator.enable_gradient_checkpointing()
+            d.fake_score.enable_gradient_checkpointing()
+            if hasattr(d.discriminator, "checkpoint_backbone"):
+                d.discriminator.checkpoint_backbone = True
+
+    distiller = Distiller(cfg, teacher, text, codec, table, make_discriminator=make_d, prepare=prepare)
+    return distiller, text
+
+
+def make_batch(cfg: RunConfig, distiller, text: CachedText, batch_size: int, device: str = "cpu"):
+    from senseflow.distill import Batch
+
+    c, f = distiller.codec.latent_channels, distiller.codec.downsample_factor
+    lat = cfg.model.resolution // f
+    with torch.device(device):
+        latents = torch.randn(batch_size, c, lat, lat)
+        pixels = torch.rand(batch_size, 3, cfg.model.resolution, cfg.model.resolution) * 2 - 1
+        cond = text.encode([""] * batch_size)
+        cond = cond.replace(prompt_embeds=torch.randn_like(cond.prompt_embeds), pooled=torch.randn_like(cond.pooled))
+    return Batch(latents, pixels, cond, [""] * batch_size)
+
+
+def warm_optimizers(distiller) -> None:
+    """Create every optimizer's state (as after the first iteration) with zero gradients, so a trace or a
+    measurement sees the steady state."""
+    for opt in (distiller.opt_g, distiller.opt_f, distiller.opt_d):
+        if opt is None:
+            continue
+        params = [p for g in opt.param_groups for p in g["params"]]
+        for p in params:
+            p.grad = torch.zeros_like(p)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+
+# ----------------------------------------------------------------------------- one iteration, by component
+COMPONENTS = ("generator forward", "backward simulation", "generator step", "ISG", "fake-score step",
+              "discriminator step")
+
+
+def iteration_parts(distiller, batch, k: int, backsim: bool, gen_step: bool, iteration: int = 0):
+    """The named phases of one iteration of `Distiller.step` (its own `phases`), with the anchor k, the
+    backward-simulation coin and the generator step fixed."""
+    return distiller.phases(iteration, batch, anchor=k, backsim=backsim, gen_step=gen_step)
+
+
+def _flops_of(parts) -> dict[str, int]:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    flops: dict[str, int] = {}
+    for name, fn in parts:
+        with FlopCounterMode(display=False) as counter:
+            fn()
+        flops[name] = flops.get(name, 0) + int(counter.get_total_flops())
+    return flops
+
+
+def count_flops(distiller, batch, k: int, backsim: bool, gen_step: bool, iteration: int = 0) -> dict[str, int]:
+    """FLOPs of each component of one iteration (real or fake tensors alike)."""
+    return _flops_of(iteration_parts(distiller, batch, k, backsim, gen_step, iteration))
+
+
+def _autocast(cfg: RunConfig, device_type: str = "cpu"):
+    """The step's autocast without its weight cache: the cache keeps a low-precision copy of every fp32
+    weight used until the step ends, which only the one-process layout has (FSDP gathers the weights in
+    the compute dtype already); `layout_bytes` adds it there."""
+    if cfg.train.mixed_precision == "no":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" else torch.float16
+    return torch.autocast(device_type, dtype=dtype, cache_enabled=False)
+
+
+@dataclass
+class Trace:
+    """What one fake-tensor trace of an iteration gave."""
+
+    flops: dict[str, float]                  # per iteration on average over the TTUR cycle, by component
+    flops_iteration: int                     # one generator iteration at the last anchor with backward simulation
+    static_bytes: int                        # parameters + buffers + optimizer states, there before the iteration
+    peak_new: dict[str, int]                 # per component: peak of the bytes created during the iteration
+    grads: dict[str, int]                    # per component: bytes of the gradients it creates
+
+    @property
+    def peak_bytes(self) -> int:
+        return self.static_bytes + max(self.peak_new.values())
+
+    @property
+    def activations(self) -> int:
+        """The largest transient of a component less the gradients it keeps (those depend on the layout)."""
+        return max(v - self.grads.get(k, 0) for k, v in self.peak_new.items())
+
+
+def _grad_bytes(distiller) -> dict[str, int]:
+    def size(params):
+        return sum(p.numel() * p.element_size() for p in params if p.requires_grad)
+
+    d = distiller.discriminator
+    return {"generator step": size(distiller.generator.parameters()),
+            "fake-score step": size(distiller.fake_score.parameters()),
+            "discriminator step": size(d.trainable_parameters()) if d is not None else 0}
+
+
+def trace(cfg: RunConfig, parts: RunParts, *, batch_size: int | None = None) -> dict[bool, Trace]:
+    """Build the run under FakeTensorMode and trace one generator iteration at the last anchor with backward
+    simulation (the costliest), with gradient checkpointing of G and F on (memory and FLOPs) and off
+    (memory); FLOPs of ISG from one more generator step with ISG off. Returns {checkpointing: Trace}."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    b = batch_size or cfg.train.batch_size
+    out: dict[bool, Trace] = {}
+    with FakeTensorMode(allow_non_fake_inputs=True), _ScalarReads():
+        distiller, text = build_distiller(cfg, parts, fake=True, checkpointing=False)
+        batch = make_batch(cfg, distiller, text, b)
+        warm_optimizers(distiller)
+        opts = [o for o in (distiller.opt_g, distiller.opt_f, distiller.opt_d) if o is not None]
+        static = _static_bytes(distiller, opts)
+        grads = _grad_bytes(distiller)
+        K = distiller.few_step.num_steps
+        isg_off = None
+        for ck in (True, False):
+            set_checkpointing(distiller, ck)
+            peaks, flops = measure_iteration(cfg, distiller, batch, K - 1, True, flops=ck)
+            if ck:
+                if cfg.isg.enabled and cfg.isg.weight > 0:
+                    distiller.cfg = cfg.model_copy(update={"isg": cfg.isg.model_copy(update={"enabled": False})})
+                    try:
+                        with _autocast(cfg):
+                            isg_off = _flops_of(iteration_parts(distiller, batch, K - 1, True, True)[:3])
+                    finally:
+                        distiller.cfg = cfg
+                mean = mean_iteration_flops(cfg, flops, isg_off, K)
+                total = int(sum(flops.values()))
+            out[ck] = Trace(mean, total, static, peaks, grads)
+    out[False].flops, out[False].flops_iteration = {}, 0  # not counted without checkpointing
+    return out
+
+
+def set_checkpointing(distiller, on: bool) -> None:
+    for net in (distiller.generator, distiller.fake_score):
+        bb = net.backbone
+        if on:
+            bb.enable_gradient_checkpointing()
+        elif getattr(bb, "is_gradient_checkpointing", False):
+            bb.disable_gradient_checkpointing()
+    if hasattr(distiller.discriminator, "checkpoint_backbone"):
+        distiller.discriminator.checkpoint_backbone = on
+
+
+def mean_iteration_flops(cfg: RunConfig, flops: dict[str, int], isg_off: dict[str, int] | None,
+                         K: int) -> dict[str, float]:
+    """FLOPs of the average iteration from one generator iteration at anchor K-1 with backward simulation:
+    G steps every `ttur` iterations (otherwise G runs forward only, with the same forward FLOPs), backward
+    simulation with probability backsim_prob at an anchor drawn uniformly from 0..K-1 (anchor k costs k of
+    the K-1 traced steps)."""
+    ttur = cfg.optim.ttur
+    per_backsim_step = flops["backward simulation"] / (K - 1) if K > 1 else 0.0
+    gen = flops.get("generator step", 0)
+    isg = gen - isg_off["generator step"] if isg_off is not None else 0
+    return {
+        "generator forward": float(flops["generator forward"]),
+        "backward simulation": cfg.generator.backsim_prob * (K - 1) / 2 * per_backsim_step,
+        "generator step": (gen - isg) / ttur,
+        "ISG": isg / ttur,
+        "fake-score step": float(flops["fake-score step"]),
+        "discriminator step": float(flops["discriminator step"]),
+    }
+
+
+def measure_iteration(cfg: RunConfig, distiller, batch, k: int, backsim: bool, flops: bool = True
+                      ) -> tuple[dict[str, int], dict[str, int]]:
+    """Run one generator iteration at anchor k; per component, the peak of the bytes it creates on top of
+    what was there (LiveBytes) and, when asked, its FLOPs (FlopCounterMode). Fake or real tensors alike."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    peaks: dict[str, int] = {}
+    counts: dict[str, int] = {}
+    tracker = LiveBytes()
+    parts = iteration_parts(distiller, batch, k, backsim, True)
+    with tracker, _autocast(cfg, distiller.device.type):
+        for name, fn in parts:
+            tracker.reset_peak()
+            with FlopCounterMode(display=False) if flops else contextlib.nullcontext() as counter:
+                fn()
+            peaks[name] = tracker.peak
+            if flops:
+                counts[name] = int(counter.get_total_flops())
+    del parts
+    return peaks, counts
+
+
+def _static_bytes(distiller, opts) -> int:
+    seen: set[int] = set()
+    total = 0
+    d = distiller.discriminator
+    d_text = list(d.text_encoder.parameters()) if getattr(d, "text_encoder", None) is not None else []
+    for t in list(distiller.parameters()) + list(distiller.buffers()) + d_text:  # D's text tower is not a submodule
+        if id(t) not in seen:
+            seen.add(id(t))
+            total += t.numel() * t.element_size()
+    for opt in opts:
+        for st in opt.state.values():
+            total += sum(v.numel() * v.element_size() for v in st.values() if torch.is_tensor(v))
+    return total
+
+
+# ----------------------------------------------------------------------------- sizes from counts
+@dataclass
+class NetworkSize:
+    role: str
+    arch: str
+    params: int
+    buffers: int          # non-parameter tensors the module keeps (SD3's position table)
+    dtype: torch.dtype
+    trainable: bool
+
+    @property
+    def bytes(self) -> int:
+        return (self.params + self.buffers) * _size(self.dtype)
+
+
+def _size(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def _buffer_count(module: nn.Module) -> int:
+    return sum(b.numel() for b in module.buffers())
+
+
+def _largest_unit(module: nn.Module) -> int:
+    from senseflow.parallel import denoiser_blocks
+
+    class _Wrap:
+        backbone = module
+
+    units = denoiser_blocks(_Wrap())  # the FSDP units of senseflow.parallel
+    return max((published.parameter_count(u) for u in units), default=0)
+
+
+def network_sizes(cfg: RunConfig, parts: RunParts) -> tuple[list[NetworkSize], int]:
+    """Every network of the run with its parameter count and dtype, and the largest FSDP unit (params)."""
+    model_dtype = DTYPES[cfg.model.dtype]
+    train_dtype = DTYPES[cfg.train.trainable_dtype]
+    den = published.build(parts.denoiser, **parts.overrides)
+    n_den, n_buf = published.parameter_count(den), _buffer_count(den)
+    guidance = 0
+    if cfg.model.family == "flux":
+        from senseflow.models.flux import GUIDANCE_PREFIX
+
+        guidance = sum(p.numel() for n, p in den.named_parameters() if n.startswith(GUIDANCE_PREFIX))
+    out = [NetworkSize("teacher", parts.denoiser, n_den, n_buf, model_dtype, False),
+           NetworkSize("generator G", parts.denoiser, n_den - guidance, n_buf, train_dtype, True),
+           NetworkSize("fake score F", parts.denoiser, n_den - guidance, n_buf, train_dtype, True)]
+    unit = _largest_unit(den)
+    del den
+    vae = published.build(parts.vae)
+    out.append(NetworkSize("VAE", parts.vae, published.parameter_count(vae), _buffer_count(vae), model_dtype, False))
+    for name in parts.text:
+        m = published.build(name)
+        out.append(NetworkSize("text encoder", name, published.parameter_count(m), _buffer_count(m), model_dtype, False))
+    if cfg.gan.kind != "none":
+        heads = _disc_head_params(cfg, parts)
+        if parts.backbone:
+            m = published.build(parts.backbone)
+            out.append(NetworkSize("DINOv2 backbone", parts.backbone, published.parameter_count(m), 0, model_dtype, False))
+        if cfg.gan.kind == "vfm" and cfg.gan.text_condition == "clip":
+            m = published.build(DISC_TEXT_TOWER)
+            out.append(NetworkSize("discriminator text encoder", DISC_TEXT_TOWER, published.parameter_count(m), 0,
+                                   model_dtype, False))
+        # the heads are fp32 masters whatever train.trainable_dtype is (senseflow.precision.HEAD_DTYPE)
+        out.append(NetworkSize("discriminator heads", cfg.gan.kind, heads, 0, HEAD_DTYPE, True))
+    return out, unit
+
+
+DISC_TEXT_TOWER = "clip-l-proj"  # gan.text_condition=clip: CLIP ViT-L/14's text tower with its 768-d projection
+
+
+def _disc_text_tower(cfg: RunConfig, make):
+    """D's own text encoder for gan.text_condition=clip, built by `make` from the published architecture
+    (None otherwise); the stand-in tokenizer only has to give 77 ids per prompt, as CLIP's does."""
+    if cfg.gan.kind != "vfm" or cfg.gan.text_condition != "clip":
+        return None
+    from senseflow.models.clip_text import CLIPTextEmbedder
+    from senseflow.models.tiny import clip_tokenizer
+
+    return CLIPTextEmbedder(make(DISC_TEXT_TOWER), clip_tokenizer(77))
+
+
+def _disc_head_params(cfg: RunConfig, parts: RunParts) -> int:
+    from senseflow.components import make_discriminator_factory
+    from senseflow.models.loading import sigma_table_for
+    from senseflow.models.sd3 import SD3Denoiser
+
+    with torch.device("meta"):
+        arch_cfg = {**published.ARCHITECTURES[parts.denoiser].config, **parts.overrides}
+        width, pooled = _text_shapes(cfg.model.family, arch_cfg)
+        lat = cfg.model.resolution // 8
+        dino = published.build(parts.backbone) if parts.backbone else "unused"
+        if cfg.gan.kind == "dmd2":
+            from senseflow.models.flux import FluxDenoiser
+            from senseflow.models.sdxl import SDXLDenoiser
+
+            den = published.build(parts.denoiser, **parts.overrides)
+            wrap = {"sd3": SD3Denoiser, "flux": FluxDenoiser}.get(cfg.model.family)
+            fake = wrap(den) if wrap else SDXLDenoiser(den, sigma_table_for("sdxl"))
+        else:
+            fake = None
+        clip = _disc_text_tower(cfg, published.build)
+        d = make_discriminator_factory(cfg, dino, pooled, cfg.model.resolution, (lat, lat), text_encoder=clip)(fake)
+        return sum(p.numel() for p in d.trainable_parameters())
+
+
+# ----------------------------------------------------------------------------- the plan
+@dataclass
+class Layout:
+    name: str            # "fsdp (shard group 8)", "ddp", "one process"
+    group: int           # ranks sharing one copy of the trainable state
+    bytes: dict[str, float]
+    checkpointing: bool
+
+    @property
+    def total(self) -> float:
+        return sum(self.bytes.values())
+
+
+@dataclass
+class Plan:
+    cfg: RunConfig
+    gpus: int
+    nodes: int
+    gpu_mem_gib: float
+    mfu: float
+    networks: list[NetworkSize]
+    unit_params: int
+    traces: dict[bool, Trace]            # by gradient checkpointing on/off
+    layouts: list[Layout]
+    fits: bool
+    advice: list[str]
+    caveats: list[str]
+    smallest_cluster: int | None
+
+    @property
+    def flops(self) -> dict[str, float]:
+        return self.traces[self.cfg.train.gradient_checkpointing].flops
+
+    def seconds_per_iteration(self, card: str) -> float:
+        return sum(self.flops.values()) / (PEAK_BF16[card] * self.mfu)
+
+    @property
+    def chosen(self) -> Layout:
+        return self.layouts[0]
+
+    def to_dict(self) -> dict:
+        return {
+            "preset": self.cfg.preset, "gpus": self.gpus, "nodes": self.nodes, "gpu_mem_gib": self.gpu_mem_gib,
+            "networks": [{"role": n.role, "arch": n.arch, "params": n.params, "buffers": n.buffers,
+                          "dtype": str(n.dtype).removeprefix("torch."), "trainable": n.trainable} for n in self.networks],
+            "layouts": [{"name": lay.name, "group": lay.group, "checkpointing": lay.checkpointing,
+                         "bytes": lay.bytes, "total_gib": lay.total / GIB} for lay in self.layouts],
+            "flops": self.flops, "mfu": self.mfu,
+            "seconds_per_iteration": {c: self.seconds_per_iteration(c) for c in PEAK_BF16},
+            "traces": {("checkpointing" if ck else "no checkpointing"): {
+                "static_bytes": t.static_bytes, "peak_new": t.peak_new, "grads": t.grads,
+                "activations": t.activations, "flops_iteration": t.flops_iteration} for ck, t in self.traces.items()},
+            "fits": self.fits, "advice": self.advice, "smallest_cluster": self.smallest_cluster,
+        }
+
+
+def activation_bytes(t: Trace) -> int:
+    return int(t.activations)
+
+
+def layout_bytes(cfg: RunConfig, nets: list[NetworkSize], unit_params: int, trace_: Trace, group: int, *,
+                 eight_bit: bool, offload_text: bool, one_process: bool = False) -> dict[str, float]:
+    train_size = _size(DTYPES[cfg.train.trainable_dtype])
+    compute = _size(torch.bfloat16) if cfg.train.mixed_precision != "no" else train_size
+    frozen = sum(n.bytes for n in nets if not n.trainable and not (offload_text and n.role == "text encoder"))
+    trainable = [n for n in nets if n.trainable]
+    weights = sum(n.bytes for n in trainable)
+    grads = max(n.params for n in trainable) * train_size
+    per_param = EIGHT_BIT_BYTES if eight_bit else 2 * train_size
+    optim = sum(n.params for n in trainable) * per_param
+    out = {"frozen networks (replicated)": float(frozen),
+           "trainable weights": weights / group, "gradients": grads / group, "optimizer states": optim / group}
+    if group > 1:
+        out["FSDP gathered units"] = float(2 * unit_params * compute)
+    elif one_process and compute < train_size:
+        out["autocast weight cache"] = float(sum(n.params for n in trainable) * compute)
+    out["activations"] = float(activation_bytes(trace_))
+    return out
+
+
+def _trace_key(cfg: RunConfig, parts: RunParts) -> str:
+    """What a trace depends on: the config sections that shape the iteration and the package's source."""
+    import hashlib
+    import json
+    from pathlib import Path
+
+    d = cfg.to_dict()
+    keep = {k: d[k] for k in ("method", "model", "generator", "dmd", "fake_score", "ida", "isg", "gan")}
+    keep["train"] = {k: d["train"][k] for k in ("batch_size", "mixed_precision", "trainable_dtype")}
+    keep["parts"] = [parts.denoiser, parts.vae, list(parts.text), parts.backbone, sorted(parts.overrides.items()),
+                     parts.text_tokens]
+    h = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode())
+    root = Path(__file__).resolve().parent
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.read_bytes())
+    h.update(torch.__version__.encode())
+    return h.hexdigest()[:16]
+
+
+def cached_trace(cfg: RunConfig, parts: RunParts, cache_dir=None) -> dict[bool, Trace]:
+    """`trace`, kept as JSON under <cache>/plan/ keyed by everything it depends on (`_trace_key`): a trace of
+    a full-size model takes minutes on a small CPU, a cached one is read at once."""
+    import json
+    import os
+    from dataclasses import asdict
+    from pathlib import Path
+
+    root = Path(cache_dir or os.environ.get("SENSEFLOW_CACHE") or "~/.cache/senseflow").expanduser() / "plan"
+    path = root / f"{_trace_key(cfg, parts)}.json"
+    if path.is_file():
+        try:
+            raw = json.loads(path.read_text())
+            return {k == "True": Trace(**v) for k, v in raw.items()}
+        except (ValueError, TypeError):
+            pass  # a damaged cache file is traced again
+    traces = trace(cfg, parts)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({str(k): asdict(v) for k, v in traces.items()}))
+    tmp.replace(path)
+    return traces
+
+
+def plan(cfg: RunConfig, *, gpus: int = 8, gpu_mem_gib: float = 80.0, nodes: int = 1, mfu: float = DEFAULT_MFU,
+         traces: dict[bool, Trace] | None = None) -> Plan:
+    """The plan of `cfg` on `gpus` GPUs of `gpu_mem_gib` each over `nodes` nodes (see the module doc)."""
+    if gpus < 1 or nodes < 1 or gpus % nodes:
+        raise PlanError(f"--gpus {gpus} over --nodes {nodes}: the GPUs must split evenly over the nodes")
+    if not gpu_mem_gib > 0:
+        raise PlanError(f"--gpu-mem {gpu_mem_gib}: give the memory of one GPU in GiB, e.g. 80")
+    group = cfg.train.shard_group or gpus
+    if gpus > 1 and gpus % group:
+        raise PlanError(f"train.shard_group={cfg.train.shard_group} does not divide --gpus {gpus}; use a divisor of "
+                        f"{gpus} (e.g. the GPUs per node, {gpus // nodes}) or 0 for all")
+    parts = run_parts(cfg)
+    nets, unit = network_sizes(cfg, parts)
+    traces = traces or cached_trace(cfg, parts)
+    ck = cfg.train.gradient_checkpointing
+    eight = cfg.optim.eight_bit
+    budget = (gpu_mem_gib - HEADROOM_GIB) * GIB
+
+    def make(name, g, ckpt=ck, eight_bit=eight, offload=False):
+        return Layout(name, g, layout_bytes(cfg, nets, unit, traces[ckpt], g, eight_bit=eight_bit,
+                                            offload_text=offload, one_process=gpus == 1), ckpt)
+
+    if gpus == 1:
+        layouts = [make("one process", 1)]
+    else:
+        chosen = make(f"{cfg.train.parallel} (shard group {group})" if cfg.train.parallel == "fsdp" else "ddp",
+                      group if cfg.train.parallel == "fsdp" else 1)
+        other = make("ddp", 1) if cfg.train.parallel == "fsdp" else make(f"fsdp (shard group {gpus})", gpus)
+        layouts = [chosen, other]
+    fits = layouts[0].total <= budget
+    advice: list[str] = []
+    if not fits:
+        g_all = gpus if gpus > 1 else 1
+        tries = [("train.parallel=fsdp train.shard_group=0 (shard over all GPUs)", dict(g=g_all)),
+                 ("train.gradient_checkpointing=true", dict(g=g_all, ckpt=True)),
+                 ("optim.eight_bit=true", dict(g=g_all, ckpt=True, eight_bit=True)),
+                 ("text encoders offloaded after caching the prompt embeddings",
+                  dict(g=g_all, ckpt=True, eight_bit=True, offload=True))]
+        for what, kw in tries:
+            lay = make(what, kw.pop("g"), **kw)
+            if lay.total <= budget:
+                advice.append(f"fits with {what}: {lay.total / GIB:.1f} GiB per GPU")
+                break
+        else:
+            if cfg.train.batch_size > 1:
+                advice.append(f"try a smaller per-GPU batch (train.batch_size={cfg.train.batch_size}); activations "
+                              f"are {layouts[0].bytes['activations'] / GIB:.1f} GiB of it")
+            advice.append("more GPUs per shard group (larger nodes) or larger GPUs")
+    smallest = smallest_cluster(cfg, nets, unit, traces[True], gpu_mem_gib)
+    caveats = precision_caveats(cfg)
+    return Plan(cfg, gpus, nodes, gpu_mem_gib, mfu, nets, unit, traces, layouts, fits, advice, caveats, smallest)
+
+
+def smallest_cluster(cfg: RunConfig, nets, unit: int, trace_: Trace, gpu_mem_gib: float) -> int | None:
+    """Fewest GPUs (1, 2, 4, 8, then whole 8-GPU nodes) on which the preset's precision fits under FSDP with
+    gradient checkpointing."""
+    budget = (gpu_mem_gib - HEADROOM_GIB) * GIB
+    for n in (1, 2, 4, 8, 16, 32, 64, 128, 256):
+        total = sum(layout_bytes(cfg, nets, unit, trace_, n, eight_bit=cfg.optim.eight_bit, offload_text=False,
+                                 one_process=n == 1).values())
+        if total <= budget:
+            return n
+    return None
+
+
+def precision_caveats(cfg: RunConfig) -> list[str]:
+    out = [f"teacher and frozen backbones in {cfg.model.dtype}; G, F and D heads keep {cfg.train.trainable_dtype} "
+           f"master weights; compute under {cfg.train.mixed_precision} autocast"]
+    if cfg.optim.eight_bit:
+        out.append("8-bit AdamW states (bitsandbytes; must be installed, no silent fallback)")
+    else:
+        out.append(f"AdamW states in the trainable dtype ({cfg.train.trainable_dtype})")
+    out.append("activations traced on CPU fake tensors under CPU autocast: CUDA kernels (flash attention) keep "
+               "the same O(L) attention memory, but allocator fragmentation is not modelled (headroom "
+               f"{HEADROOM_GIB:g} GiB per GPU)")
+    return out
+
+
+# ----------------------------------------------------------------------------- text
+def _fmt_bytes(b: float) -> str:
+    return f"{b / GIB:8.2f} GiB"
+
+
+def _fmt_count(n: int) -> str:
+    return f"{n / 1e9:.3f}B" if n >= 1e9 else f"{n / 1e6:.1f}M"
+
+
+def render(p: Plan) -> list[str]:
+    cfg = p.cfg
+    lines = [f"plan {cfg.preset or cfg.name}: {cfg.model.teacher} at {cfg.model.resolution}px, per-GPU batch "
+             f"{cfg.train.batch_size}, {p.gpus} GPU(s) x {p.gpu_mem_gib:g} GiB over {p.nodes} node(s)", "",
+             "networks (parameters, counted from the published configs):"]
+    for n in p.networks:
+        extra = f" + {_fmt_count(n.buffers)} buffer values" if n.buffers else ""
+        lines.append(f"  {n.role:22s} {n.arch:14s} {n.params:>15,d} ({_fmt_count(n.params)}){extra}  "
+                     f"{str(n.dtype).removeprefix('torch.')}{'  trained' if n.trainable else ''}")
+    for ck in (True, False):
+        lines.append(f"activations at batch {cfg.train.batch_size}, gradient checkpointing {'on ' if ck else 'off'}: "
+                     f"{activation_bytes(p.traces[ck]) / GIB:.2f} GiB (traced peak)")
+    lines.append("")
+    for lay in p.layouts:
+        lines.append(f"memory per GPU, {lay.name}, checkpointing {'on' if lay.checkpointing else 'off'}:")
+        for k, v in lay.bytes.items():
+            lines.append(f"  {k:30s} {_fmt_bytes(v)}")
+        lines.append(f"  {'total':30s} {_fmt_bytes(lay.total)}  (budget {p.gpu_mem_gib - HEADROOM_GIB:g} GiB)")
+    lines.append("")
+    total = sum(p.flops.values())
+    lines.append(f"FLOPs per GPU per iteration (mean over the TTUR cycle of {cfg.optim.ttur}): {total / 1e12:.1f} TFLOP")
+    for k, v in p.flops.items():
+        lines.append(f"  {k:22s} {v / 1e12:9.2f} TFLOP")
+    for card in PEAK_BF16:
+        lines.append(f"  time per iteration on {card} at {p.mfu:.0%} MFU: {p.seconds_per_iteration(card):.2f} s "
+                     f"({cfg.train.iterations} iterations: {p.seconds_per_iteration(card) * cfg.train.iterations / 3600:.1f} h)")
+    lines.append("")
+    if p.fits:
+        lines.append(f"verdict: fits ({p.chosen.total / GIB:.1f} GiB of {p.gpu_mem_gib:g} GiB per GPU)")
+    else:
+        lines.append(f"verdict: does not fit ({p.chosen.total / GIB:.1f} GiB of {p.gpu_mem_gib:g} GiB per GPU)")
+        lines += [f"  {a}" for a in p.advice]
+    sc = p.smallest_cluster
+    lines.append(f"smallest cluster of {p.gpu_mem_gib:g} GiB GPUs (FSDP, checkpointing): "
+                 f"{sc if sc else 'none up to 256'} GPU(s)")
+    lines += ["caveats:"] + [f"  {c}" for c in p.caveats]
+    return lines
+

@@ -1,0 +1,170 @@
+"""The planner (senseflow.planner), the published architectures it builds (senseflow.models.published),
+`senseflow plan`'s input errors, and the GPU smoke script's refusal on a machine without CUDA.
+
+Nothing here traces a full-size model (minutes on a small CPU); the trace itself is checked on a
+narrow copy of the SD3.5 architecture, fake tensors against real ones.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from senseflow import config as C
+from senseflow import planner
+from senseflow.cli import main
+from senseflow.models import published
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Counted from the configs in senseflow/models/published.py (the released config.json of each component);
+# docs/PLANNER.md gives each figure's source and the published size it agrees with.
+PUBLISHED_COUNTS = {
+    "sd35-large": 8_056_627_520, "sd35-medium": 2_243_171_520, "flux-dev": 11_901_408_320,
+    "sdxl-unet": 2_567_463_684, "vae-sd3": 83_819_683, "vae-flux": 83_819_683, "vae-sdxl": 83_653_863,
+    "clip-l": 123_060_480, "clip-l-proj": 123_650_304, "clip-bigg": 694_659_840, "t5-xxl": 4_762_310_656,
+    "dinov2-large": 304_368_640, "dinov2-base": 86_580_480, "dinov2-small": 22_056_576,
+}
+# The checkpoints' headline sizes (model cards and papers), for a coarse second check.
+HEADLINE = {"sd35-large": 8.1e9, "flux-dev": 12e9, "sdxl-unet": 2.6e9, "t5-xxl": 4.7e9, "dinov2-large": 304e6,
+            "clip-bigg": 695e6, "clip-l": 123e6, "vae-sdxl": 83.6e6}
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED_COUNTS))
+def test_published_architectures_have_the_released_parameter_counts(name):
+    model = published.build(name)
+    assert all(p.is_meta for p in model.parameters())
+    assert published.parameter_count(model) == PUBLISHED_COUNTS[name]
+    if name in HEADLINE:
+        assert abs(PUBLISHED_COUNTS[name] / HEADLINE[name] - 1) < 0.02
+
+
+def test_flux_student_has_no_guidance_embedder_and_sizes_follow_the_precision_policy():
+    cfg = C.resolve("flux-dev-senseflow", ["train.trainable_dtype=float32", "model.dtype=bfloat16"])
+    nets, unit = planner.network_sizes(cfg, planner.run_parts(cfg))
+    by = {n.role: n for n in nets}
+    assert by["teacher"].params == PUBLISHED_COUNTS["flux-dev"] and by["teacher"].dtype == torch.bfloat16
+    assert by["teacher"].params - by["generator G"].params == (256 + 1) * 3072 + (3072 + 1) * 3072  # guidance MLP
+    assert by["generator G"].dtype == torch.float32 and by["fake score F"].trainable
+    assert [n.arch for n in nets if n.role == "text encoder"] == ["clip-l", "t5-xxl"]
+    assert 0 < unit < by["teacher"].params / 19
+
+
+def _stub_trace(activations=10 * 2 ** 30):
+    return planner.Trace(flops={"generator step": 1e15}, flops_iteration=0, static_bytes=0,
+                         peak_new={"generator step": activations}, grads={"generator step": 0})
+
+
+def test_layout_bytes_shard_the_trainable_state_and_count_eight_bit_states():
+    cfg = C.resolve("sd35-large-senseflow", ["optim.eight_bit=true", "train.trainable_dtype=float32"])
+    nets = [planner.NetworkSize("teacher", "x", 1000, 0, torch.bfloat16, False),
+            planner.NetworkSize("generator G", "x", 800, 0, torch.float32, True),
+            planner.NetworkSize("fake score F", "x", 800, 0, torch.float32, True),
+            planner.NetworkSize("discriminator heads", "vfm", 100, 0, torch.float32, True)]
+    one = planner.layout_bytes(cfg, nets, 50, _stub_trace(123), 1, eight_bit=True, offload_text=False)
+    eight = planner.layout_bytes(cfg, nets, 50, _stub_trace(123), 8, eight_bit=True, offload_text=False)
+    assert one["frozen networks (replicated)"] == eight["frozen networks (replicated)"] == 2000
+    assert one["trainable weights"] == 1700 * 4 and eight["trainable weights"] == 1700 * 4 / 8
+    assert one["gradients"] == 800 * 4                      # one network's gradients at a time
+    assert one["optimizer states"] == pytest.approx(1700 * 2 * (1 + 4 / 256))
+    assert eight["FSDP gathered units"] == 2 * 50 * 2 and "FSDP gathered units" not in one
+    assert one["activations"] == eight["activations"] == 123
+    fp32 = planner.layout_bytes(cfg, nets, 50, _stub_trace(123), 1, eight_bit=False, offload_text=False)
+    assert fp32["optimizer states"] == 1700 * 2 * 4
+    # one process under bf16 autocast keeps a bf16 copy of every fp32 trained weight until the step ends
+    alone = planner.layout_bytes(cfg, nets, 50, _stub_trace(123), 1, eight_bit=True, offload_text=False,
+                                 one_process=True)
+    assert alone["autocast weight cache"] == 1700 * 2 and "autocast weight cache" not in one
+
+
+def test_plan_verdict_and_advice_from_the_layouts():
+    cfg = C.resolve("sd35-large-senseflow", ["optim.eight_bit=false"])
+    traces = {True: _stub_trace(), False: _stub_trace(40 * 2 ** 30)}
+    p = planner.plan(cfg, gpus=8, gpu_mem_gib=80, traces=traces)
+    assert p.chosen.name.startswith("fsdp") and p.chosen.group == 8
+    assert p.fits == (p.chosen.total <= (80 - planner.HEADROOM_GIB) * 2 ** 30)
+    small = planner.plan(cfg, gpus=1, gpu_mem_gib=80, traces=traces)
+    assert not small.fits and small.advice        # 8B parameters of G and F with fp32 AdamW: not on one GPU
+    assert p.smallest_cluster is not None and p.smallest_cluster > 1
+    assert p.seconds_per_iteration("H100") < p.seconds_per_iteration("A100")
+    text = "\n".join(planner.render(p))
+    assert "verdict:" in text and "sd35-large" in text
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["plan", "sd35-huge-senseflow"], "unknown preset"),
+    (["plan", "sd35-large-senseflow", "--gpu-mem", "lots"], "--gpu-mem"),
+    (["plan", "sd35-large-senseflow", "--gpus", "12", "train.shard_group=8"], "shard_group"),
+    (["plan", "sd35-large-senseflow", "--gpus", "8", "--nodes", "3"], "--nodes"),
+    (["plan", "digits-senseflow"], "model.teacher"),
+])
+def test_plan_bad_input_is_one_line_and_status_2(capsys, args, fragment):
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and len(err.splitlines()) <= 2 and "Traceback" not in err
+
+
+NARROW = dict(num_layers=2, num_attention_heads=2, attention_head_dim=16, caption_projection_dim=32,
+              joint_attention_dim=64, pooled_projection_dim=64, pos_embed_max_size=16, dual_attention_layers=(0,))
+
+
+def _narrow_cfg():
+    return C.resolve("sd35-medium-senseflow", [
+        "model.resolution=64", "model.dtype=float32", "train.trainable_dtype=float32", "train.mixed_precision=no",
+        "gan.backbone=facebook/dinov2-small", "gan.layers=[3, 11]", "gan.hidden_channels=8", "optim.eight_bit=false",
+        "optim.ttur=1"])
+
+
+def test_fake_trace_counts_the_same_flops_and_bytes_as_real_tensors():
+    """The planner's trace runs the real Distiller's methods on fake tensors: its FLOP count and the bytes
+    each component creates equal those of the same iteration on real tensors."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    cfg = _narrow_cfg()
+    parts = planner.run_parts(cfg, text_tokens=16)
+    parts.overrides = dict(NARROW)
+    torch.manual_seed(0)
+    real, text = planner.build_distiller(cfg, parts, fake=False)
+    batch = planner.make_batch(cfg, real, text, 2)
+    planner.warm_optimizers(real)
+    peaks_real, flops_real = planner.measure_iteration(cfg, real, batch, 3, True)
+    with FakeTensorMode(allow_non_fake_inputs=True), planner._ScalarReads():
+        fake, ftext = planner.build_distiller(cfg, parts, fake=True)
+        fbatch = planner.make_batch(cfg, fake, ftext, 2)
+        planner.warm_optimizers(fake)
+        peaks_fake, flops_fake = planner.measure_iteration(cfg, fake, fbatch, 3, True)
+    assert flops_fake == flops_real and sum(flops_real.values()) > 0
+    assert set(flops_real) == {"backward simulation", "generator forward", "generator step", "fake-score step",
+                               "discriminator step"}
+    # real CPU kernels keep a few small extras (under 1 MiB here) that their fake counterparts do not report
+    for k in peaks_real:
+        assert abs(peaks_fake[k] - peaks_real[k]) <= max(0.02 * peaks_real[k], 2 ** 20), k
+    assert peaks_real["generator step"] > 100 * 2 ** 20
+
+
+def test_trace_of_narrow_model_separates_isg_and_checkpointing(tmp_path):
+    cfg = _narrow_cfg()
+    parts = planner.run_parts(cfg, text_tokens=16)
+    parts.overrides = dict(NARROW)
+    traces = planner.trace(cfg, parts)
+    on, off = traces[True], traces[False]
+    assert on.flops["ISG"] > 0 and on.flops["generator step"] > 0
+    assert on.static_bytes == off.static_bytes > 0
+    no_isg = planner.trace(cfg.model_copy(update={"isg": cfg.isg.model_copy(update={"enabled": False})}), parts)
+    assert no_isg[True].flops["ISG"] == 0
+    assert no_isg[True].flops["generator step"] == pytest.approx(on.flops["generator step"], rel=1e-9)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_gpu_smoke_script_refuses_without_a_gpu():
+    env = {**os.environ, "PYTHON": sys.executable}
+    out = subprocess.run(["bash", str(REPO / "scripts" / "gpu-smoke.sh")], capture_output=True, text=True, env=env,
+                         timeout=120)
+    assert out.returncode == 3
+    assert out.stderr.strip().splitlines() == [
+        "gpu-smoke: no CUDA GPU visible (torch.cuda.is_available() is False); nothing run"]
+    assert shutil.which("bash")
