@@ -291,11 +291,14 @@ class Distiller(nn.Module):
         out["loss_dmd"] = float(loss_dmd.detach())
         out["dmd_grad_abs"] = float(grad.abs().mean())
 
+        # D (and, for DMD2's head, F's body) stays frozen from building its graph until after the backward:
+        # the backward then computes only the input gradients G needs, D's / F's .grad stay untouched, and
+        # gradient checkpointing recomputes with the same requires_grad as the forward (else it stops with
+        # CheckpointError: a different number of saved tensors)
+        held = contextlib.ExitStack()
         if self._gan_enabled() and cfg.gan.weight > 0:
             wgt = losses.omega(sigma_i, cfg.gan.omega)
             if float(wgt.abs().max()) > 0:
-                # D (and, for DMD2's head, F's body) is frozen while its graph is built: the backward then
-                # computes only the input gradients G needs, and D's / F's .grad stay untouched
                 from senseflow.discriminators import frozen
 
                 d_params = list(self.discriminator.trainable_parameters())
@@ -303,14 +306,15 @@ class Distiller(nn.Module):
                     pixels = self.codec.decode(x0_g)
                     # gan.d_receives_g_gradient (the authors' trainers): D stays trainable here, so this
                     # backward also leaves the generator loss's gradient in D's .grad for D's own step
-                    with contextlib.nullcontext() if cfg.gan.d_receives_g_gradient else frozen(d_params):
-                        logits = self._disc_logits(pixels, batch, None, g)
+                    if not cfg.gan.d_receives_g_gradient:
+                        held.enter_context(frozen(d_params))
+                    logits = self._disc_logits(pixels, batch, None, g)
                     loss_adv = losses.hinge_g_loss(logits, wgt)
                 else:
                     tg = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), g).to(self.device)
                     x_tg = flow.interpolate(x0_g, self._randn(x0_g.shape, g), tg)
-                    with frozen(d_params + list(self.fake_score.parameters())):
-                        logits = self._disc_logits(x_tg, batch, tg, g)
+                    held.enter_context(frozen(d_params + list(self.fake_score.parameters())))
+                    logits = self._disc_logits(x_tg, batch, tg, g)
                     loss_adv = losses.logistic_g_loss(logits, wgt)
                 total = total + cfg.gan.weight * loss_adv
                 out["loss_adv"] = float(loss_adv.detach())
@@ -337,7 +341,8 @@ class Distiller(nn.Module):
             out["loss_isg"] = float(loss_isg.detach())
 
         self.opt_g.zero_grad(set_to_none=True)
-        total.backward()
+        with held:
+            total.backward()
         out["grad_norm_g"] = self._clip(self.generator.parameters())
         self.opt_g.step()
         self.opt_g.zero_grad(set_to_none=True)

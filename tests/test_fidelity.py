@@ -451,3 +451,22 @@ def test_every_row_of_fidelity_md_names_tests_that_exist():
             assert name in defined[file], f"{file}::{name} named in FIDELITY.md does not exist"
         for preset in shows:
             assert preset == "*" or preset in AUTHORS, f"config_show[{preset}] has no entry in AUTHORS"
+
+
+@pytest.mark.parametrize("preset", ["sd35-large-dmd2", "sd35-large-senseflow"])
+def test_generator_step_under_gradient_checkpointing_equals_the_plain_one(preset):
+    """The adversarial term freezes D (and, for DMD2's head, F's body) until after the backward, so
+    non-reentrant checkpointing recomputes with the forward's requires_grad (it used to stop with
+    CheckpointError on the DMD2 head) and the generator's update is the same as without checkpointing."""
+    over = ("model.dtype=float32", "optim.ttur=1", "gan.weight=1.0", "gan.omega=one")
+    weights = []
+    for ckpt in (False, True):
+        cfg, comps, d = _distiller(preset, *over)
+        if ckpt:
+            d.generator.enable_gradient_checkpointing()
+            d.fake_score.enable_gradient_checkpointing()
+        out = d.step(0, _batch(cfg, comps))
+        assert out["gen_step"] == 1.0 and "loss_adv" in out
+        weights.append({n: p.detach().clone() for n, p in d.generator.named_parameters()})
+    for n, w in weights[0].items():
+        torch.testing.assert_close(weights[1][n], w, rtol=1e-5, atol=1e-7, msg=n)
