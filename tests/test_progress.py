@@ -112,7 +112,7 @@ def test_grid_run_in_a_log_has_overview_lines(tmp_path, capsys, monkeypatch):
     from senseflow.cli import main
     import senseflow.launch as launch_mod
 
-    doc = {"grid": "prog", "base": "digits-senseflow",
+    doc = {"grid": "prog", "allow_outside_results": True, "base": "digits-senseflow",
            "overrides": {"train.iterations": 40, "train.log_every": 5, "train.checkpoint_every": 20,
                          "output.root": str(tmp_path / "runs")},
            "variants": [{"name": "one"}, {"name": "two", "overrides": ["isg.weight=0.5"]}]}

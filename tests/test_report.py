@@ -28,7 +28,7 @@ def report(tmp_path_factory):
 
     tmp = tmp_path_factory.mktemp("report")
     results = tmp / "results"
-    doc = {"grid": "rep", "base": "digits-senseflow", "seeds": [0, 1],
+    doc = {"grid": "rep", "allow_outside_results": True, "base": "digits-senseflow", "seeds": [0, 1],
            "overrides": {"train.iterations": 20, "train.log_every": 5, "train.checkpoint_every": 10,
                          "output.root": str(results / "runs")},
            "variants": [{"name": "SenseFlow"}, {"name": "w/o ISG <b>", "overrides": ["isg.enabled=false"]}]}
