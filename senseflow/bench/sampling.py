@@ -1,0 +1,63 @@
+"""Sampling speed-up: the 4-step student against the teacher at 50 guided Euler steps, end to end (text
+encoding, sampling, VAE decode), same batch, prompts and noise (a benchmark, not a test).
+
+The limit is the ratio of network evaluations: 50 steps x 2 (CFG: conditional and unconditional, one
+batched forward of 2B) / 4 = 25x; FLUX.1-dev's guidance is an input of one forward (no CFG), so its teacher
+makes 50 evaluations and the limit is 12.5x. efficiency = speed-up / limit; target >= 22/25 = 0.88.
+The student is the generator as the Distiller builds it (the teacher's architecture: its weights do not
+change the cost). Times are the median of `repeats` runs each.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+import torch
+
+from senseflow.bench.setups import Setup
+
+TEACHER_STEPS = 50
+
+
+def time_sampling(setup: Setup, *, batch_size: int, repeats: int = 3) -> dict:
+    from senseflow.generator import FewStepGenerator, teacher_sample
+
+    cfg, bundle = setup.cfg, setup.components.bundle
+    teacher, codec, text = bundle.teacher, bundle.codec, bundle.text_encoder
+    student = teacher.student_copy().eval()
+    few = FewStepGenerator(cfg.generator.anchor_indices, bundle.sigma_table, cfg.generator.pure_noise_start)
+    prompts = (list(setup.components.sample_prompts) * batch_size)[:batch_size] or ["a photo"] * batch_size
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn((batch_size, *bundle.latent_shape), generator=g)
+    sigmas = torch.linspace(1.0, 0.0, TEACHER_STEPS + 1)[:-1].tolist()
+    scale = 2.0
+
+    def run_student():
+        with torch.no_grad():
+            return codec.decode(few.sample(student, text.encode(prompts), noise, sampler="euler"))
+
+    def run_teacher():
+        with torch.no_grad():
+            cond = text.encode(prompts)
+            uncond = None if teacher.has_guidance_input else text.encode([""])
+            return codec.decode(teacher_sample(teacher, cond, uncond, noise, sigmas, scale))
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        out = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            out.append(time.perf_counter() - t0)
+        return statistics.median(out)
+
+    s, t = timed(run_student), timed(run_teacher)
+    evals_t = TEACHER_STEPS * (1 if teacher.has_guidance_input else 2)
+    limit = evals_t / few.num_steps
+    return {"world": setup.world, "teacher_params": setup.params, "batch_size": batch_size,
+            "student_steps": few.num_steps, "teacher_steps": TEACHER_STEPS,
+            "teacher_guidance": "embedded" if teacher.has_guidance_input else "cfg",
+            "teacher_evaluations": evals_t, "student_ms": round(1000 * s, 2), "teacher_ms": round(1000 * t, 2),
+            "speedup": round(t / s, 2), "limit": limit, "efficiency": round(t / s / limit, 3),
+            "target_efficiency": 0.88, "repeats": repeats}

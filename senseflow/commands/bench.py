@@ -1,0 +1,34 @@
+"""`senseflow bench [NAME ...]`: benchmarks against the physical limit (senseflow.bench), written to
+results/bench/<name>.json. Registered by senseflow.cli at the top level."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer()
+
+
+@app.command("bench")
+def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | metrics (default: all)"),
+          world: list[str] = typer.Option(None, "--world", help="digits | sd3 | flux (repeatable; default all)"),
+          method: list[str] = typer.Option(None, "--method", help="senseflow | dmd2 (repeatable; default both)"),
+          threads: int = typer.Option(1, "--threads", min=1, help="torch threads"),
+          iterations: int = typer.Option(3, "--iterations", min=1,
+                                         help="timed (generator, critic-only) iteration pairs per run"),
+          repeats: int = typer.Option(3, "--repeats", min=1, help="sampling / metrics: median of this many"),
+          quick: bool = typer.Option(False, "--quick", help="the digits world's quick build and 1 iteration "
+                                                            "(checks the code runs; the figures mean nothing)"),
+          out: Path = typer.Option(Path("results/bench"), "--out", help="folder for <name>.json")):
+    """Time the project against what it cannot avoid: iteration efficiency and the paper's additions
+    (iteration), the 4-step student against the 50-step guided teacher (sampling), metric throughput (metrics)."""
+    from senseflow.bench.suite import Settings, run
+
+    s = Settings(threads=threads, iterations=1 if quick else iterations, repeats=1 if quick else repeats,
+                 quick=quick)
+    if world:
+        s.worlds = tuple(world)
+    if method:
+        s.methods = tuple(method)
+    run(names or [], s, out, log=lambda m: typer.echo(m, err=True))
