@@ -87,3 +87,13 @@ def test_bad_input_is_one_line(args, words, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert words in err and len(err.splitlines()) == 1
     assert not list(tmp_path.iterdir())
+
+
+def test_allocator_settings_apply_once_on_glibc():
+    import platform
+    import sys
+
+    from senseflow.allocator import keep_freed_memory
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is glibc and keep_freed_memory() is glibc

@@ -9,7 +9,8 @@ For one (world, method), with the Distiller built as a training run builds it:
             limit = sum(time of each recorded pass alone) + optimizer steps and clipping + IDA (in place)
 
 efficiency = step time / limit (1.0 is the limit), for generator and critic-only iterations and
-TTUR-averaged: (G + (ttur-1) C) / (L_G + (ttur-1) L_C). The limit's parts are reported by network
+TTUR-averaged: (G + (ttur-1) C) / (L_G + (ttur-1) L_C); overhead_ms = step time - limit (the work between
+the passes: noise draws, losses, zero_grad, .item() reads). A ratio below 1 is timing noise. The limit's parts are reported by network
 (G forward, G forward+backward, teacher, F, D, VAE decode, optimizer, IDA).
 
 The paper's additions, as shares of the TTUR-averaged iteration time (IDA and ISG run in generator
@@ -23,7 +24,6 @@ iterations only, so their time divides by ttur):
 
 from __future__ import annotations
 
-import statistics
 import time
 from collections import defaultdict
 
@@ -112,6 +112,8 @@ def time_iterations(setup: Setup, *, iterations: int, warmup: int = 1) -> dict:
         "generator_iterations": len(kinds["generator"]["step"]), "critic_iterations": len(kinds["critic"]["step"]),
         "iteration_ms": {"generator": ms(g["step"]), "critic": ms(c["step"]), "ttur_mean": ms(it_s)},
         "limit_ms": {"generator": ms(g["limit"]), "critic": ms(c["limit"]), "ttur_mean": ms(lim_s)},
+        "overhead_ms": {"generator": ms(g["step"] - g["limit"]), "critic": ms(c["step"] - c["limit"]),
+                        "ttur_mean": ms(it_s - lim_s)},
         "efficiency": {"generator": ratio(g["step"], g["limit"]), "critic": ratio(c["step"], c["limit"]),
                        "ttur_mean": ratio(it_s, lim_s), "target": 1.10},
         "limit_parts_ms_ttur_mean": {k: ms(avg(k)) for k in sorted(set(g) | set(c))

@@ -42,6 +42,7 @@ class Pass:
     grad: bool
     flags: tuple[bool, ...]
     input_grad: tuple[bool, ...]  # per tensor found in args (in order), whether it required grad
+    in_place: float = 0.0         # seconds of its forward inside the iteration (its backward is not separable)
 
 
 def _tensors(obj) -> list[torch.Tensor]:
@@ -134,13 +135,15 @@ class PassRecorder:
                 finally:
                     rec._depth -= 1
             ins = _tensors((args, kwargs))
-            rec.passes.append(Pass(name, tuple(rec._tags), fn, _detach(args), _detach(kwargs),
-                                   torch.is_grad_enabled(), tuple(p.requires_grad for p in rec._params),
-                                   tuple(t.requires_grad for t in ins)))
+            ps = Pass(name, tuple(rec._tags), fn, _detach(args), _detach(kwargs), torch.is_grad_enabled(),
+                      tuple(p.requires_grad for p in rec._params), tuple(t.requires_grad for t in ins))
+            rec.passes.append(ps)
             rec._depth += 1
+            t0 = time.perf_counter()
             try:
                 return fn(*args, **kwargs)
             finally:
+                ps.in_place = time.perf_counter() - t0
                 rec._depth -= 1
 
         self._patch(owner, attr, wrapper)
@@ -206,7 +209,8 @@ class PassRecorder:
                         ps.fn(*ps.args, **ps.kwargs)
                     seconds = time.perf_counter() - t0
                     backward = False
-                rows.append({"name": ps.name, "tags": list(ps.tags), "backward": backward, "seconds": seconds})
+                rows.append({"name": ps.name, "tags": list(ps.tags), "backward": backward, "seconds": seconds,
+                             "in_place": ps.in_place})
                 for p in self._params:
                     p.grad = None
         finally:

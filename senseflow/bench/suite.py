@@ -22,6 +22,7 @@ class Settings:
     digits_batch: int = 64       # the digits runs' batch
     mid_batch: int = 2           # the mid-size SD3 / FLUX batch (32 px, 64 image tokens)
     repeats: int = 3             # sampling: median of this many
+    allocator: str = "keep-freed"  # keep-freed: senseflow.allocator, as training sets it; default: glibc's own
     quick: bool = False          # the digits world's quick build and tiny SD3 / FLUX (tests): figures say nothing
     extra: dict = field(default_factory=dict)
 
@@ -68,6 +69,18 @@ def bench_sampling(s: Settings, log) -> list[dict]:
     return rows
 
 
+def bench_step(s: Settings, log) -> list[dict]:
+    """Distiller.step on the digits world, as `senseflow world digits bench` timed it (senseflow.bench.step)."""
+    from senseflow.bench.step import time_dmd_iterations
+
+    world = setups.digits_world(s.quick)
+    rows = time_dmd_iterations(world, threads=(s.threads,), batch_size=8 if s.quick else s.digits_batch,
+                               periods=1 if s.quick else 10, warmup=2 if s.quick else 5)
+    for r in rows:
+        log(f"  {r['run']}: G {r['generator_ms']} / critic {r['critic_ms']} / TTUR mean {r['ttur_mean_ms']} ms")
+    return rows
+
+
 def bench_metrics(s: Settings, log) -> list[dict]:
     from senseflow.bench.metrics import time_metrics
 
@@ -75,7 +88,7 @@ def bench_metrics(s: Settings, log) -> list[dict]:
 
 
 BENCHMARKS: dict[str, Callable[[Settings, Callable[[str], None]], list[dict]]] = {
-    "iteration": bench_iteration, "sampling": bench_sampling, "metrics": bench_metrics,
+    "iteration": bench_iteration, "sampling": bench_sampling, "metrics": bench_metrics, "step": bench_step,
 }
 
 
@@ -86,6 +99,12 @@ def run(names: list[str], s: Settings, out_dir: Path, log: Callable[[str], None]
         if n not in BENCHMARKS:
             raise UserError(f"benchmark {n!r} does not exist; use one of {', '.join(BENCHMARKS)} (or none: all)")
     _check(s)
+    if s.allocator not in ("keep-freed", "default"):
+        raise UserError(f"--allocator {s.allocator!r} is not a setting; use keep-freed (as training) or default")
+    if s.allocator == "keep-freed":
+        from senseflow.allocator import keep_freed_memory
+
+        s.extra["allocator_applied"] = keep_freed_memory()
     paths = []
     old = torch.get_num_threads()
     torch.set_num_threads(s.threads)

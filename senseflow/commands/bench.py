@@ -11,7 +11,7 @@ app = typer.Typer()
 
 
 @app.command("bench")
-def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | metrics (default: all)"),
+def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | metrics | step (default: all)"),
           world: list[str] = typer.Option(None, "--world", help="digits | sd3 | flux (repeatable; default all)"),
           method: list[str] = typer.Option(None, "--method", help="senseflow | dmd2 (repeatable; default both)"),
           threads: int = typer.Option(1, "--threads", min=1, help="torch threads"),
@@ -20,13 +20,17 @@ def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | m
           repeats: int = typer.Option(3, "--repeats", min=1, help="sampling / metrics: median of this many"),
           quick: bool = typer.Option(False, "--quick", help="the digits world's quick build and 1 iteration "
                                                             "(checks the code runs; the figures mean nothing)"),
+          allocator: str = typer.Option("keep-freed", "--allocator",
+                                        help="keep-freed (senseflow.allocator, as training sets it) | default "
+                                             "(glibc's own: freed memory returned to the kernel)"),
           out: Path = typer.Option(Path("results/bench"), "--out", help="folder for <name>.json")):
     """Time the project against what it cannot avoid: iteration efficiency and the paper's additions
-    (iteration), the 4-step student against the 50-step guided teacher (sampling), metric throughput (metrics)."""
+    (iteration), the 4-step student against the 50-step guided teacher (sampling), metric throughput (metrics),
+    Distiller.step on the digits world (step: digits-senseflow, digits-dmd2, and digits-senseflow without D)."""
     from senseflow.bench.suite import Settings, run
 
     s = Settings(threads=threads, iterations=1 if quick else iterations, repeats=1 if quick else repeats,
-                 quick=quick)
+                 quick=quick, allocator=allocator)
     if world:
         s.worlds = tuple(world)
     if method:
