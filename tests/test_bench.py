@@ -18,7 +18,7 @@ def _read(path):
     return d
 
 
-def test_iteration_and_sampling_write_their_figures(tmp_path):
+def test_iteration_and_sampling_write_their_figures(tmp_path, capsys):
     rc = main(["bench", "iteration", "sampling", "--quick", "--world", "sd3", "--world", "flux", "--out", str(tmp_path)])
     assert rc == 0
     it = _read(tmp_path / "iteration.json")
@@ -39,6 +39,10 @@ def test_iteration_and_sampling_write_their_figures(tmp_path):
     assert by["sd3"]["teacher_evaluations"] == 100 and by["sd3"]["limit"] == 25.0
     assert by["flux"]["teacher_guidance"] == "embedded" and by["flux"]["limit"] == 12.5
     assert all(r["speedup"] > 0 for r in sa["rows"])
+    capsys.readouterr()
+    assert main(["bench", "--table", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "| sd3 | senseflow |" in table and "| flux | 2 |" in table and "`sampling`:" in table
 
 
 def test_recorder_sees_every_network_and_leaves_no_trace():

@@ -23,11 +23,19 @@ def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | m
           allocator: str = typer.Option("keep-freed", "--allocator",
                                         help="keep-freed (senseflow.allocator, as training sets it) | default "
                                              "(glibc's own: freed memory returned to the kernel)"),
-          out: Path = typer.Option(Path("results/bench"), "--out", help="folder for <name>.json")):
+          out: Path = typer.Option(Path("results/bench"), "--out", help="folder for <name>.json"),
+          table: bool = typer.Option(False, "--table", help="print the figures in --out as Markdown tables; run "
+                                                            "nothing")):
     """Time the project against what it cannot avoid: iteration efficiency and the paper's additions
     (iteration), the 4-step student against the 50-step guided teacher (sampling), metric throughput (metrics),
     Distiller.step on the digits world (step: digits-senseflow, digits-dmd2, and digits-senseflow without D)."""
     from senseflow.bench.suite import Settings, run
+
+    if table:
+        from senseflow.bench.report import markdown
+
+        typer.echo(markdown(out))
+        return
 
     s = Settings(threads=threads, iterations=1 if quick else iterations, repeats=1 if quick else repeats,
                  quick=quick, allocator=allocator)
