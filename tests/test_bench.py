@@ -76,6 +76,15 @@ def test_recorder_sees_every_network_and_leaves_no_trace():
     d.step(1, batch)  # still trains without the recorder
 
 
+def test_scaling_fits_an_exponent(tmp_path):
+    assert main(["bench", "scaling", "--quick", "--world", "flux", "--out", str(tmp_path)]) == 0
+    rows = _read(tmp_path / "scaling.json")["rows"]
+    assert [(r["world"], r["axis"]) for r in rows] == [("flux", "batch"), ("flux", "resolution")]
+    for r in rows:
+        assert [p[r["axis"]] for p in r["points"]] in ([1, 2], [16, 32])
+        assert isinstance(r["time_exponent"], float) and all(p["peak_rss_mib"] > 0 for p in r["points"])
+
+
 def test_metric_throughput_row():
     from senseflow.bench.metrics import time_metrics
 

@@ -53,7 +53,17 @@ def _step(d: dict) -> list[str]:
     return out
 
 
-TABLES = {"iteration": _iteration, "sampling": _sampling, "metrics": _metrics, "step": _step}
+def _scaling(d: dict) -> list[str]:
+    out = ["| world | axis | points (size: TTUR-mean ms, peak RSS MiB) | time exponent |", "|---|---|---|---:|"]
+    for r in d["rows"]:
+        pts = "; ".join(f"{p[r['axis']]}: {p['ttur_mean_ms']:.0f} ms, {p['peak_rss_mib']:.0f}"
+                        f"{'' if p['peak_grew'] else ' (not raised)'}" for p in r["points"])
+        out.append(f"| {r['world']} | {r['axis']}{'' if r['batch'] is None else ' (batch %d)' % r['batch']} | {pts} | "
+                   f"{r['time_exponent']} |")
+    return out
+
+
+TABLES = {"iteration": _iteration, "sampling": _sampling, "metrics": _metrics, "step": _step, "scaling": _scaling}
 
 
 def markdown(folder: Path) -> str:

@@ -81,6 +81,22 @@ def bench_step(s: Settings, log) -> list[dict]:
     return rows
 
 
+def bench_scaling(s: Settings, log) -> list[dict]:
+    """Batch sizes on every world, image sizes on SD3 / FLUX (the digits world's images are 8x8)."""
+    from senseflow.bench.scaling import scale
+
+    world = setups.digits_world(s.quick) if "digits" in s.worlds else None
+    rows = []
+    for w in s.worlds:
+        common = dict(threads=s.threads, iterations=1 if s.quick else 2, digits_world=world, tiny=s.quick, log=log)
+        if w == "digits":
+            rows.append(scale(w, "batch", (8, 16) if s.quick else (16, 32, 64, 128), batch=64, **common))
+        else:
+            rows.append(scale(w, "batch", (1, 2) if s.quick else (1, 2, 4), batch=1, **common))
+            rows.append(scale(w, "resolution", (16, 32) if s.quick else (32, 64), batch=1, **common))
+    return rows
+
+
 def bench_metrics(s: Settings, log) -> list[dict]:
     from senseflow.bench.metrics import time_metrics
 
@@ -89,6 +105,7 @@ def bench_metrics(s: Settings, log) -> list[dict]:
 
 BENCHMARKS: dict[str, Callable[[Settings, Callable[[str], None]], list[dict]]] = {
     "iteration": bench_iteration, "sampling": bench_sampling, "metrics": bench_metrics, "step": bench_step,
+    "scaling": bench_scaling,
 }
 
 
