@@ -63,7 +63,19 @@ def _scaling(d: dict) -> list[str]:
     return out
 
 
-TABLES = {"iteration": _iteration, "sampling": _sampling, "metrics": _metrics, "step": _step, "scaling": _scaling}
+def _harness(d: dict) -> list[str]:
+    out = ["| side | it/s per run | wall (s) | training (s) | evaluation (s) | start-up and bookkeeping (s) |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for r in d["rows"]:
+        for side in ("grid", "separate"):
+            x = r[side]
+            out.append(f"| {side} ({r['cells']} x {r['iterations']} it) | {x['mean_iterations_per_second']} | "
+                       f"{x['wall_seconds']} | {x['train_seconds_max']} | {x['eval_seconds_max']} | {x['other_seconds']} |")
+        out.append(f"| grid slower by | {100 * r['grid_slower_by']:.1f}% (target < 5%) | | | | |")
+    return out
+
+
+TABLES = {"iteration": _iteration, "sampling": _sampling, "metrics": _metrics, "step": _step, "scaling": _scaling, "harness": _harness}
 
 
 def markdown(folder: Path) -> str:

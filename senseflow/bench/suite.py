@@ -97,6 +97,13 @@ def bench_scaling(s: Settings, log) -> list[dict]:
     return rows
 
 
+def bench_harness(s: Settings, log) -> list[dict]:
+    """The local grid against separate `senseflow train` processes (digits; subprocesses, minutes)."""
+    from senseflow.bench.harness import compare
+
+    return [compare(cells=2, iterations=20 if s.quick else 300, log=log)]
+
+
 def bench_metrics(s: Settings, log) -> list[dict]:
     from senseflow.bench.metrics import time_metrics
 
@@ -105,7 +112,7 @@ def bench_metrics(s: Settings, log) -> list[dict]:
 
 BENCHMARKS: dict[str, Callable[[Settings, Callable[[str], None]], list[dict]]] = {
     "iteration": bench_iteration, "sampling": bench_sampling, "metrics": bench_metrics, "step": bench_step,
-    "scaling": bench_scaling,
+    "scaling": bench_scaling, "harness": bench_harness,
 }
 
 

@@ -11,7 +11,7 @@ app = typer.Typer()
 
 
 @app.command("bench")
-def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | metrics | step (default: all)"),
+def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | metrics | step | scaling | harness (default: all)"),
           world: list[str] = typer.Option(None, "--world", help="digits | sd3 | flux (repeatable; default all)"),
           method: list[str] = typer.Option(None, "--method", help="senseflow | dmd2 (repeatable; default both)"),
           threads: int = typer.Option(1, "--threads", min=1, help="torch threads"),
@@ -28,7 +28,8 @@ def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | m
                                                             "nothing")):
     """Time the project against what it cannot avoid: iteration efficiency and the paper's additions
     (iteration), the 4-step student against the 50-step guided teacher (sampling), metric throughput (metrics),
-    Distiller.step on the digits world (step: digits-senseflow, digits-dmd2, and digits-senseflow without D)."""
+    Distiller.step on the digits world (step: digits-senseflow, digits-dmd2, and digits-senseflow without D),
+    time and memory against batch and image size (scaling), a local grid against separate processes (harness)."""
     from senseflow.bench.suite import Settings, run
 
     if table:
