@@ -5,7 +5,8 @@ The limit is the ratio of network evaluations: 50 steps x 2 (CFG: conditional an
 batched forward of 2B) / 4 = 25x; FLUX.1-dev's guidance is an input of one forward (no CFG), so its teacher
 makes 50 evaluations and the limit is 12.5x. efficiency = speed-up / limit; target >= 22/25 = 0.88.
 The student is the generator as the Distiller builds it (the teacher's architecture: its weights do not
-change the cost). Times are the median of `repeats` runs each, after a warm-up (the student's 4 steps, the
+change the cost). Times are the median of `repeats` runs each, student and teacher runs alternating, after a
+warm-up (the student's 4 steps, the
 teacher's first 2).
 
 The 25x counts a CFG forward of 2B as two forwards of B, true only where the cost grows linearly with the
@@ -49,32 +50,34 @@ def time_sampling(setup: Setup, *, batch_size: int, repeats: int = 3) -> dict:
             uncond = None if teacher.has_guidance_input else text.encode([""])
             return codec.decode(teacher_sample(teacher, cond, uncond, noise, sigmas, scale))
 
-    def timed(fn) -> float:
-        out = []
+    def timed(*fns) -> list[float]:
+        """Median seconds of each fn, the calls interleaved so that a change in the machine's load falls on all."""
+        out = [[] for _ in fns]
         for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            out.append(time.perf_counter() - t0)
-        return statistics.median(out)
+            for times, fn in zip(out, fns):
+                t0 = time.perf_counter()
+                fn()
+                times.append(time.perf_counter() - t0)
+        return [statistics.median(t) for t in out]
 
-    def forward_alone(model, guided: bool) -> float:
+    def forward_alone(model, guided: bool):
         from senseflow.models.base import guided_velocity
 
         cond = text.encode(prompts)
         uncond = None if teacher.has_guidance_input else text.encode([""])
         sigma = torch.full((batch_size,), 0.5)
-        with torch.no_grad():
-            if guided:
-                return timed(lambda: guided_velocity(model, noise, sigma, cond, uncond, scale))
-            return timed(lambda: model(noise, sigma, cond))
+        if guided:
+            return lambda: guided_velocity(model, noise, sigma, cond, uncond, scale)
+        return lambda: model(noise, sigma, cond)
 
     run_student()  # warm-up
     with torch.no_grad():
         cond = text.encode(prompts)
         teacher_sample(teacher, cond, None if teacher.has_guidance_input else text.encode([""]), noise,
                        sigmas[:2], scale)
-    s, t = timed(run_student), timed(run_teacher)
-    fs, ft = forward_alone(student, False), forward_alone(teacher, True)
+    s, t = timed(run_student, run_teacher)
+    with torch.no_grad():
+        fs, ft = timed(forward_alone(student, False), forward_alone(teacher, True))
     evals_t = TEACHER_STEPS * (1 if teacher.has_guidance_input else 2)
     limit = evals_t / few.num_steps
     batch_limit = TEACHER_STEPS * ft / (few.num_steps * fs)
