@@ -30,6 +30,7 @@ _SUBAPPS = [
     ("senseflow.commands.results", "app", "results", "Sync, query and tabulate results."),
     ("senseflow.commands.grid", "app", "grid", "Plan, run and inspect experiment grids."),
     ("senseflow.commands.sweep", "app", "sweep", "Optuna sweeps over hyperparameters."),
+    ("senseflow.commands.bench", "app", None, None),
 ]
 
 

@@ -226,6 +226,9 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
         config_mod.save(cfg, saved)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
+    from senseflow.allocator import keep_freed_memory
+
+    keep_freed_memory()  # reuse freed activation memory instead of faulting in fresh pages every iteration
     torch.manual_seed(cfg.train.seed)
 
     from accelerate import Accelerator

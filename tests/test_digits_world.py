@@ -16,7 +16,7 @@ from senseflow.worlds.digits import (HELD_OUT_TEMPLATES, TRAIN_TEMPLATES, Digits
 from senseflow.worlds.digits.config import TeacherConfig
 from senseflow.worlds.digits.teacher import train_teacher
 
-QUICK = DigitsWorldConfig.quick().with_overrides(["bench.threads=[1]", "bench.iterations=1"])
+QUICK = DigitsWorldConfig.quick()
 
 
 @pytest.fixture(scope="module")
@@ -218,21 +218,19 @@ def test_cli_build_prints_the_figures(world, cache_root):
 
     from senseflow.commands.world import app
 
-    res = CliRunner().invoke(app, ["digits", "build", "--quick", "--set", "bench.threads=[1]", "--set",
-                                   "bench.iterations=1", "--cache-dir", str(cache_root), "--no-progress"],
+    res = CliRunner().invoke(app, ["digits", "build", "--quick", "--cache-dir", str(cache_root), "--no-progress"],
                                  env={"COLUMNS": "200"})
     assert res.exit_code == 0, res.output
     assert "classifier held-out accuracy" in res.output and "nothing (all cached)" in res.output
 
 
 # ----------------------------------------------------------------------------- the torch-free cache check
-def test_the_default_world_keeps_its_hash_and_bench_settings_are_not_hashed():
-    # the cache key of the default world built before `bench` left the hash; changing it orphans that build
+def test_the_default_world_keeps_its_hash():
+    # the cache key of the default world built when the benchmark settings were a hashed section; changing it
+    # orphans that build
     assert DigitsWorldConfig().config_hash() == "7a69a9abbcae"
-    other = DigitsWorldConfig().with_overrides(["bench.threads=[3]", "bench.iterations=2", "bench.warmup=0",
-                                                'bench.runs=["digits-dmd2"]', "bench.batch_size=16"])
-    assert other.config_hash() == "7a69a9abbcae"
-    assert QUICK.config_hash() == DigitsWorldConfig.quick().config_hash()
+    with pytest.raises(KeyError):  # the benchmark left the world: senseflow bench step
+        DigitsWorldConfig().with_overrides(["bench.threads=[3]"])
 
 
 def test_cached_manifest_of_a_complete_world(world, cache_root):
@@ -315,19 +313,22 @@ def test_the_cached_build_command_imports_no_torch(world, cache_root):
 
 
 # ----------------------------------------------------------------------------- the DMD-iteration benchmark
-def test_figures_time_the_projects_distiller_step(world):
+def test_the_step_benchmark_times_the_projects_distiller_step(world):
     import json
 
-    rows = world.figures["dmd_iteration"]
-    json.dumps(rows)  # figures.json holds them
-    assert [r["run"] for r in rows] == list(QUICK.bench.runs)
+    from senseflow.bench.step import DEFAULT_RUNS, time_dmd_iterations
+
+    assert "dmd_iteration" not in world.figures  # building a world times nothing
+    rows = time_dmd_iterations(world, batch_size=8, periods=1, warmup=2)
+    json.dumps(rows)  # results/bench/step.json holds them
+    assert [r["run"] for r in rows] == list(DEFAULT_RUNS)
     by_run = {r["run"]: r for r in rows}
     assert by_run["digits-senseflow"]["discriminator"] == "VFMDiscriminator"
     assert by_run["digits-dmd2"]["method"] == "dmd2" and by_run["digits-dmd2"]["gan"] == "dmd2"
     assert by_run["digits-senseflow gan.kind=none"]["discriminator"] == "none"
     for r in rows:
         assert r["timing"] == "senseflow.distill.Distiller.step" and r["threads"] == 1
-        assert r["batch_size"] == QUICK.bench.batch_size and r["ttur"] == 5
+        assert r["batch_size"] == 8 and r["ttur"] == 5
         assert r["generator_iterations"] == 2 and r["critic_iterations"] == 8  # two full TTUR periods
         assert r["generator_ms"] > 0 and r["critic_ms"] > 0
         assert r["ttur_mean_ms"] == pytest.approx((r["generator_ms"] + 4 * r["critic_ms"]) / 5, abs=0.1)

@@ -2,8 +2,6 @@
 
     senseflow world digits build [--cache-dir DIR] [--quick] [--set teacher.steps=3000 ...] [--grids-to DIR] [--load]
     senseflow world digits teacher [--cache-dir DIR] [--quick] [--set ...]
-    senseflow world digits bench [--threads 1 --threads 2] [--save]
-                                 [--set 'bench.runs=["digits-senseflow gan.layers=[1,3]", "digits-dmd2"]']
     senseflow world digits show-config [--quick] [--set ...]
 """
 
@@ -50,27 +48,6 @@ def _pct(x) -> str:
     return "-" if x is None else f"{100 * x:.1f}%"
 
 
-def _bench_rows(t: Table, b: dict) -> None:
-    """One row per timed run (senseflow.worlds.digits.bench): Distiller.step, G / critic-only / TTUR mean."""
-    if "ttur_mean_ms" not in b:  # figures.json written before the benchmark timed the real Distiller
-        _stand_in_rows(t, b)
-        return
-    d = b["discriminator"] if b["discriminator"] != "none" else "no D"
-    t.add_row(f"DMD iteration ({b['run']}; {d}), batch {b['batch_size']}, {b['threads']} thread(s): "
-              f"G step / critic-only / TTUR-{b['ttur']} mean",
-              f"{b['generator_ms']:.0f} / {b['critic_ms']:.0f} / {b['ttur_mean_ms']:.0f} ms", "<= ~100 ms")
-
-
-def _stand_in_rows(t: Table, b: dict) -> None:
-    note = "stand-in iteration, not the Distiller; refresh: senseflow world digits bench --save"
-    t.add_row(f"DMD iteration ({note}), batch {b['batch_size']}, {b['threads']} thread(s): G step / critic-only / "
-              "TTUR-5 mean", f"{b['full_ms']:.0f} / {b['critic_ms']:.0f} / {b['ttur5_ms']:.0f} ms", "<= ~100 ms")
-    t.add_row(f"  ... G step with ISG; D = {b['discriminator']}", f"{b['full_isg_ms']:.0f} ms", "")
-    if "full_no_disc_ms" in b:
-        t.add_row("  ... without the discriminator: G step / critic-only / TTUR-5 mean",
-                  f"{b['full_no_disc_ms']:.0f} / {b['critic_no_disc_ms']:.0f} / {b['ttur5_no_disc_ms']:.0f} ms", "")
-
-
 def figures_table(figures: dict) -> Table:
     """The issue-3 figures as a rich table (target column says what each must reach)."""
     t = Table(title=f"digits world {figures.get('config_hash', '')}", show_lines=False)
@@ -93,8 +70,6 @@ def figures_table(figures: dict) -> Table:
     t.add_row("do-nothing baseline: prompt accuracy", _pct(base["prompt_accuracy"]), "")
     t.add_row("do-nothing baseline: FID vs held-out real", _fmt_fid(base["fid_real"]), "")
     t.add_row("teacher / baseline per-prompt diversity", f"{te['diversity']:.2f} / {base['diversity']:.2f}", "")
-    for b in figures.get("dmd_iteration", []):
-        _bench_rows(t, b)
     s = figures.get("build_seconds", {})
     if s:
         parts = ", ".join(f"{k} {v:.0f}s" for k, v in s.items() if isinstance(v, (int, float)) and
@@ -184,36 +159,6 @@ def teacher(cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP
                   f"{directory / 'teacher'}")
     if (directory / "teacher_loss.png").exists():
         console.print(f"loss curve: {directory / 'teacher_loss.png'}")
-
-
-@digits_app.command("bench")
-def bench(cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
-          quick: bool = typer.Option(False, "--quick", help="shortened schedule"),
-          overrides: list[str] = typer.Option(None, "--set", help=_SET_HELP),
-          threads: list[int] = typer.Option(None, "--threads",
-                                            help="torch threads (repeatable; default bench.threads)"),
-          save: bool = typer.Option(False, "--save", help="store the timings in the world's figures.json, so the "
-                                                          "build table shows them")):
-    """Time the project's Distiller.step (the bench.runs presets) on the (built) world again and print it;
-    with --save also store it in figures.json."""
-    from senseflow.worlds.digits import build_world
-    from senseflow.worlds.digits.bench import save_timings, time_dmd_iterations
-
-    console = Console()
-    cfg = _config(quick, overrides)
-    world = build_world(cfg, cache_dir=cache_dir, progress=True)
-    b = cfg.bench
-    rows = time_dmd_iterations(world, b, threads=threads or None)
-    t = Table(title=f"Distiller.step on digits world {cfg.config_hash()}: {b.warmup} warm-up iterations, then "
-                    f"{max(2, b.iterations)} TTUR periods (means)")
-    t.add_column("figure")
-    t.add_column("value", justify="right")
-    t.add_column("target")
-    for r in rows:
-        _bench_rows(t, r)
-    console.print(t)
-    if save:
-        console.print(f"saved in {save_timings(world, rows)}")
 
 
 @digits_app.command("show-config")

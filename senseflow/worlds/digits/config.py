@@ -4,8 +4,7 @@ Two worlds with the same `DigitsWorldConfig` are the same world: they share one 
 `<root>/worlds/digits-<hash>/`, where root is $SENSEFLOW_CACHE, else $XDG_CACHE_HOME/senseflow, else
 ~/.cache/senseflow (a per-user cache, as Hugging Face's: the same world whatever the current directory).
 Changing any field (or `version`, bumped when the code changes what it builds)
-gives a new hash and a fresh build; the benchmark settings (`bench`) are the exception: they change nothing
-the world builds, so they are left out of the hash.
+gives a new hash and a fresh build.
 """
 
 from __future__ import annotations
@@ -101,31 +100,13 @@ class ReferenceConfig(_Section):
     bootstrap: int = Field(200, ge=0, description="bootstrap resamples for every FID's 95% interval")
 
 
-class BenchConfig(_Section):
-    """The DMD-iteration benchmark (senseflow.worlds.digits.bench): the project's own `Distiller.step`, built
-    as a training run builds it, timed on this world. Figures only, never a test assertion, and not part of
-    the world's hash: benchmark settings change no artifact."""
-
-    runs: tuple[str, ...] = Field(
-        ("digits-senseflow", "digits-dmd2", "digits-senseflow gan.kind=none"),
-        description="what is timed: a run-config preset, then optional space-separated overrides "
-                    "(senseflow.config syntax, e.g. 'digits-senseflow gan.layers=[1,3]')")
-    batch_size: int | None = Field(None, ge=1, description="train.batch_size of the timed runs (None: the preset's)")
-    iterations: int = Field(10, ge=1, description="TTUR periods timed (each: one generator iteration and ttur - 1 "
-                                                  "critic-only ones); at least 2 are timed")
-    warmup: int = Field(5, ge=0, description="iterations run before timing (allocator, first-call paths)")
-    threads: tuple[int, ...] = (1, 2)
-
-
-# What the hash covers in place of the bench section: the bench defaults of version 1, when the section was
-# still hashed. A constant keeps every world's hash (the default world's is 7a69a9abbcae) while no bench
-# setting can change it.
+# The benchmark settings of version 1, hashed then (a `bench` section, now senseflow.bench.step's arguments):
+# this constant keeps every world's hash (the default world's is 7a69a9abbcae).
 _HASHED_BENCH = {"batch_size": 64, "disc_layers": [-1], "disc_reference": True, "iterations": 10, "threads": [1, 2]}
 
 
 class DigitsWorldConfig(_Section):
-    """Everything that decides what the digits world builds, hashed into the cache key (all fields but the
-    benchmark's, `bench`)."""
+    """Everything that decides what the digits world builds, hashed into the cache key."""
 
     version: int = 1
     data: DataConfig = DataConfig()
@@ -135,7 +116,6 @@ class DigitsWorldConfig(_Section):
     classifier: ClassifierConfig = ClassifierConfig()
     backbone: BackboneConfig = BackboneConfig()
     reference: ReferenceConfig = ReferenceConfig()
-    bench: BenchConfig = BenchConfig()
 
     @model_validator(mode="after")
     def _check(self) -> "DigitsWorldConfig":
@@ -151,8 +131,8 @@ class DigitsWorldConfig(_Section):
 
     # ------------------------------------------------------------------ identity
     def config_hash(self) -> str:
-        """12 hex digits of sha256 over the canonical JSON of every field but `bench` (a constant stands in
-        for it: benchmark settings do not change what the world builds)."""
+        """12 hex digits of sha256 over the canonical JSON of every field (and the constant of the benchmark
+        settings that version 1 hashed)."""
         d = self.model_dump(mode="json")
         d["bench"] = _HASHED_BENCH
         blob = json.dumps(d, sort_keys=True, separators=(",", ":"))
@@ -188,7 +168,6 @@ class DigitsWorldConfig(_Section):
             backbone=BackboneConfig(steps=10, batch_size=64),
             reference=ReferenceConfig(num_samples=100, bootstrap=20),
             sampling=SamplingConfig(steps=10),
-            bench=BenchConfig(iterations=1, threads=(1,), batch_size=8, warmup=2),
         )
 
     def with_overrides(self, overrides: list[str] | dict[str, object]) -> "DigitsWorldConfig":

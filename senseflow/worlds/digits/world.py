@@ -14,8 +14,7 @@ else $XDG_CACHE_HOME/senseflow or ~/.cache/senseflow); weights are safetensors, 
     reference.safetensors       teacher samples (50 Euler steps, CFG) on the held-out prompts, fixed seeds (FID-T)
     floor.safetensors           a second, independent teacher sample set (the FID-T floor)
     baseline.safetensors        the teacher sampled at the student's 4 anchors (the do-nothing baseline)
-    figures.json                the world's figures (accuracies, FIDs with 95% intervals, timings; the DMD-iteration
-                                timing is refreshed by `senseflow world digits bench --save`)
+    figures.json                the world's figures (accuracies, FIDs with 95% intervals, build timings)
     samples/digit_<d>.png       teacher samples per digit (and samples/overview.png)
 
 Every file is written to a temporary name and renamed, so an interrupted build never leaves a half file.
@@ -445,7 +444,7 @@ def save_sample_grids(samples: Tensor, labels: Tensor, directory: Path, per_digi
     return paths
 
 
-def compute_figures(world: DigitsWorld, probe: float | None, seconds: dict[str, float], bench: bool = True) -> dict:
+def compute_figures(world: DigitsWorld, probe: float | None, seconds: dict[str, float]) -> dict:
     """The world's figures (issue 3), with a 95% bootstrap interval on every FID."""
     from evals import digits as ev
 
@@ -483,12 +482,6 @@ def compute_figures(world: DigitsWorld, probe: float | None, seconds: dict[str, 
         },
         "num_reference_samples": len(ref),
     }
-    if bench:  # Distiller.step of the bench runs (digits-senseflow, digits-dmd2, ...), as a training run builds it
-        from senseflow.worlds.digits.bench import time_dmd_iterations
-
-        t0 = time.perf_counter()
-        fig["dmd_iteration"] = time_dmd_iterations(world)
-        seconds["bench"] = round(time.perf_counter() - t0, 2)
     fig["build_seconds"] = dict(seconds)
     return fig
 
@@ -499,8 +492,8 @@ def build_world(cfg: DigitsWorldConfig | None = None, cache_dir: str | Path | No
 
     cache_dir: the senseflow cache root (default $SENSEFLOW_CACHE, else $XDG_CACHE_HOME/senseflow or
         ~/.cache/senseflow); the world lives in `<cache_dir>/worlds/digits-<config hash>/`.
-    figures: compute figures.json when missing (FIDs, accuracies, the DMD-iteration benchmark: the project's
-        Distiller.step timed for the runs of config.bench, see senseflow.worlds.digits.bench).
+    figures: compute figures.json when missing (FIDs, accuracies; the timings of Distiller.step on the world
+        are `senseflow bench step`'s, see senseflow.bench.step).
     grids: write samples/digit_<d>.png and overview.png when any is missing.
     """
     cfg = cfg or DigitsWorldConfig()
@@ -526,7 +519,7 @@ def build_world(cfg: DigitsWorldConfig | None = None, cache_dir: str | Path | No
     elif figures:
         if probe is None and (b.dir / "backbone_probe.json").exists():
             probe = json.loads((b.dir / "backbone_probe.json").read_text())["linear_probe_held_out_accuracy"]
-        b._log("computing the figures (FIDs with bootstrap intervals, DMD-iteration timing)")
+        b._log("computing the figures (FIDs with bootstrap intervals)")
         with _quiet_hub(not progress):
             world.figures = b._timed("figures", lambda: compute_figures(world, probe, b.seconds))
         new_figures = True

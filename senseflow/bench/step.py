@@ -1,9 +1,9 @@
-"""The DMD-iteration benchmark: the project's own `Distiller.step`, built as a training run builds it and
-timed on the digits world (a benchmark, not a test).
+"""The DMD-iteration benchmark (`senseflow bench step`): the project's own `Distiller.step`, built as a
+training run builds it and timed on the digits world (a benchmark, not a test).
 
-Each timed run is a run-config preset with optional overrides (`bench.runs`; by default digits-senseflow,
-digits-dmd2, and digits-senseflow with gan.kind=none: what G, F and the teacher cost without D). For each
-run and thread count n, as `senseflow.train.train` does it:
+Each timed run is a run-config preset with optional overrides (by default digits-senseflow, digits-dmd2,
+and digits-senseflow with gan.kind=none: what G, F and the teacher cost without D). For each run and
+thread count n, as `senseflow.train.train` does it:
 
     cfg = senseflow.config.resolve(preset, overrides + ["train.threads=n"] (+ ["train.batch_size=B"]))
     components = world_components(cfg, world)     # the world given, not built again
@@ -14,8 +14,8 @@ run and thread count n, as `senseflow.train.train` does it:
         batch = components.data.batch(it, cfg.train.batch_size, step_generator(cfg.train.seed, it, stream=2))
         distiller.step(it, batch)                 # timed once it >= warmup
 
-The warm-up is `bench.warmup` iterations (allocator, first-call paths; iteration 0 is a generator one),
-then max(2, bench.iterations) full TTUR periods are timed. Reported, in milliseconds (means):
+The warm-up is `warmup` iterations (allocator, first-call paths; iteration 0 is a generator one), then
+max(2, periods) full TTUR periods are timed. Reported, in milliseconds (means):
 `generator_ms` over the generator iterations (it % ttur == 0: G's update with everything the config turns
 on, DMD, ISG, the GAN term, IDA, then F's and D's updates), `critic_ms` over the critic-only iterations (G
 forward without gradient, then F and D), `ttur_mean_ms` = (generator_ms + (ttur - 1) * critic_ms) / ttur,
@@ -26,11 +26,9 @@ machine are noisy; they are figures, never test assertions.
 
 from __future__ import annotations
 
-import json
 import statistics
 import time
 from contextlib import contextmanager
-from pathlib import Path
 
 import torch
 
@@ -75,7 +73,6 @@ def time_dmd_iteration(world, spec: str = "digits-senseflow", *, threads: int = 
     plain numbers and strings (see the module docstring)."""
     from senseflow.distill import Distiller, step_generator
     from senseflow.worlds.digits.components import world_components
-    from senseflow.worlds.digits.world import _quiet_hub
 
     cfg = run_config(spec, threads, batch_size)
     ttur = cfg.optim.ttur
@@ -85,8 +82,7 @@ def time_dmd_iteration(world, spec: str = "digits-senseflow", *, threads: int = 
     data_ms: list[float] = []
     with num_threads(threads), torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.train.seed)
-        with _quiet_hub(True):  # no "Loading weights" bar for the backbone
-            components = world_components(cfg, world)
+        components = world_components(cfg, world)
         bundle = components.bundle
         distiller = Distiller(cfg, bundle.teacher, bundle.text_encoder, bundle.codec, bundle.sigma_table,
                               make_discriminator=components.make_discriminator)
@@ -114,24 +110,8 @@ def time_dmd_iteration(world, spec: str = "digits-senseflow", *, threads: int = 
     }
 
 
-def time_dmd_iterations(world, bench=None, threads: list[int] | tuple[int, ...] | None = None) -> list[dict]:
-    """`time_dmd_iteration` for every thread count and every run of `bench` (default: world.config.bench)."""
-    b = bench if bench is not None else world.config.bench
-    return [time_dmd_iteration(world, spec, threads=n, batch_size=b.batch_size, periods=b.iterations,
-                               warmup=b.warmup)
-            for n in (threads or b.threads) for spec in b.runs]
-
-
-def save_timings(world, rows: list[dict]) -> Path:
-    """Store `rows` as the "dmd_iteration" figures of the world (figures.json); returns its path."""
-    from senseflow.worlds.digits.world import _write_json
-
-    path = Path(world.directory) / "figures.json"
-    if not path.exists():
-        raise FileNotFoundError(f"{path} does not exist; build the world's figures first "
-                                "(senseflow world digits build)")
-    figures = json.loads(path.read_text())
-    figures["dmd_iteration"] = rows
-    _write_json(path, figures)
-    world.figures = figures
-    return path
+def time_dmd_iterations(world, runs=DEFAULT_RUNS, threads=(1,), batch_size: int | None = 64, periods: int = 10,
+                        warmup: int = 5) -> list[dict]:
+    """`time_dmd_iteration` for every thread count and every run."""
+    return [time_dmd_iteration(world, spec, threads=n, batch_size=batch_size, periods=periods, warmup=warmup)
+            for n in threads for spec in runs]

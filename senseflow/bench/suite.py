@@ -1,0 +1,144 @@
+"""The named benchmarks of `senseflow bench`, their settings and the figures each writes."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from senseflow.bench import record, setups
+from senseflow.errors import UserError
+
+
+@dataclass
+class Settings:
+    worlds: tuple[str, ...] = setups.WORLDS
+    methods: tuple[str, ...] = ("senseflow", "dmd2")
+    threads: int = 1
+    iterations: int = 3          # timed (generator, critic-only) pairs per run
+    warmup: int = 1
+    digits_batch: int = 64       # the digits runs' batch
+    mid_batch: int = 2           # the mid-size SD3 / FLUX batch (32 px, 64 image tokens)
+    repeats: int = 3             # sampling: median of this many
+    allocator: str = "keep-freed"  # keep-freed: senseflow.allocator, as training sets it; default: glibc's own
+    quick: bool = False          # the digits world's quick build and tiny SD3 / FLUX (tests): figures say nothing
+    extra: dict = field(default_factory=dict)
+
+    def batch(self, world: str) -> int:
+        return self.digits_batch if world == "digits" else self.mid_batch
+
+
+def _check(s: Settings) -> None:
+    bad = [w for w in s.worlds if w not in setups.WORLDS]
+    if bad:
+        raise UserError(f"--world {bad[0]!r} is not a benchmark world; use one of {', '.join(setups.WORLDS)}")
+    bad = [m for m in s.methods if m not in ("senseflow", "dmd2")]
+    if bad:
+        raise UserError(f"--method {bad[0]!r} is not a method; use senseflow or dmd2")
+
+
+def _setups(s: Settings, method: str, log: Callable[[str], None]):
+    world = setups.digits_world(s.quick) if "digits" in s.worlds else None
+    for w in s.worlds:
+        cfg = setups.run_config(w, method, ["model.teacher=quick"] if (w == "digits" and s.quick) else [],
+                                s.batch(w), s.threads)
+        log(f"{w} {method}: building")
+        yield setups.build(w, cfg, world, tiny=s.quick)
+
+
+def bench_iteration(s: Settings, log) -> list[dict]:
+    from senseflow.bench.iteration import time_iterations
+
+    rows = []
+    for method in s.methods:
+        for st in _setups(s, method, log):
+            rows.append(time_iterations(st, iterations=s.iterations, warmup=s.warmup))
+            log(f"  {st.world} {method}: efficiency {rows[-1]['efficiency']}")
+    return rows
+
+
+def bench_sampling(s: Settings, log) -> list[dict]:
+    from senseflow.bench.sampling import time_sampling
+
+    rows = []
+    for st in _setups(s, "senseflow", log):
+        rows.append(time_sampling(st, batch_size=s.batch(st.world), repeats=s.repeats))
+        log(f"  {st.world}: speed-up {rows[-1]['speedup']}x of {rows[-1]['limit']}x")
+    return rows
+
+
+def bench_step(s: Settings, log) -> list[dict]:
+    """Distiller.step on the digits world, as `senseflow world digits bench` timed it (senseflow.bench.step)."""
+    from senseflow.bench.step import time_dmd_iterations
+
+    world = setups.digits_world(s.quick)
+    rows = time_dmd_iterations(world, threads=(s.threads,), batch_size=8 if s.quick else s.digits_batch,
+                               periods=1 if s.quick else 10, warmup=2 if s.quick else 5)
+    for r in rows:
+        log(f"  {r['run']}: G {r['generator_ms']} / critic {r['critic_ms']} / TTUR mean {r['ttur_mean_ms']} ms")
+    return rows
+
+
+def bench_scaling(s: Settings, log) -> list[dict]:
+    """Batch sizes on every world, image sizes on SD3 / FLUX (the digits world's images are 8x8)."""
+    from senseflow.bench.scaling import scale
+
+    world = setups.digits_world(s.quick) if "digits" in s.worlds else None
+    rows = []
+    for w in s.worlds:
+        common = dict(threads=s.threads, iterations=1 if s.quick else 2, digits_world=world, tiny=s.quick, log=log)
+        if w == "digits":
+            rows.append(scale(w, "batch", (8, 16) if s.quick else (16, 32, 64, 128), batch=64, **common))
+        else:
+            rows.append(scale(w, "batch", (1, 2) if s.quick else (1, 2, 4), batch=1, **common))
+            rows.append(scale(w, "resolution", (16, 32) if s.quick else (32, 64), batch=1, **common))
+    return rows
+
+
+def bench_harness(s: Settings, log) -> list[dict]:
+    """The local grid against separate `senseflow train` processes (digits; subprocesses, minutes)."""
+    from senseflow.bench.harness import compare
+
+    return [compare(cells=2, iterations=20 if s.quick else 300, log=log)]
+
+
+def bench_metrics(s: Settings, log) -> list[dict]:
+    from senseflow.bench.metrics import time_metrics
+
+    return time_metrics(batch=8 if not s.quick else 2, repeats=1 if s.quick else s.repeats, log=log)
+
+
+BENCHMARKS: dict[str, Callable[[Settings, Callable[[str], None]], list[dict]]] = {
+    "iteration": bench_iteration, "sampling": bench_sampling, "metrics": bench_metrics, "step": bench_step,
+    "scaling": bench_scaling, "harness": bench_harness,
+}
+
+
+def run(names: list[str], s: Settings, out_dir: Path, log: Callable[[str], None] = print) -> list[Path]:
+    """Run each named benchmark (all when `names` is empty) and write out_dir/<name>.json; returns the paths."""
+    names = list(names) or list(BENCHMARKS)
+    for n in names:
+        if n not in BENCHMARKS:
+            raise UserError(f"benchmark {n!r} does not exist; use one of {', '.join(BENCHMARKS)} (or none: all)")
+    _check(s)
+    if s.allocator not in ("keep-freed", "default"):
+        raise UserError(f"--allocator {s.allocator!r} is not a setting; use keep-freed (as training) or default")
+    if s.allocator == "keep-freed":
+        from senseflow.allocator import keep_freed_memory
+
+        s.extra["allocator_applied"] = keep_freed_memory()
+    paths = []
+    old = torch.get_num_threads()
+    torch.set_num_threads(s.threads)
+    try:
+        for n in names:
+            head = record.header(n, s.threads, asdict(s))
+            with torch.random.fork_rng(devices=[]):
+                rows = BENCHMARKS[n](s, log)
+            paths.append(record.write(out_dir / f"{n}.json", {**head, "rows": rows}))
+            log(f"wrote {paths[-1]}")
+    finally:
+        torch.set_num_threads(old)
+    return paths

@@ -1,0 +1,47 @@
+"""`senseflow bench [NAME ...]`: benchmarks against the physical limit (senseflow.bench), written to
+results/bench/<name>.json. Registered by senseflow.cli at the top level."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+app = typer.Typer()
+
+
+@app.command("bench")
+def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | metrics | step | scaling | harness (default: all)"),
+          world: list[str] = typer.Option(None, "--world", help="digits | sd3 | flux (repeatable; default all)"),
+          method: list[str] = typer.Option(None, "--method", help="senseflow | dmd2 (repeatable; default both)"),
+          threads: int = typer.Option(1, "--threads", min=1, help="torch threads"),
+          iterations: int = typer.Option(3, "--iterations", min=1,
+                                         help="timed (generator, critic-only) iteration pairs per run"),
+          repeats: int = typer.Option(3, "--repeats", min=1, help="sampling / metrics: median of this many"),
+          quick: bool = typer.Option(False, "--quick", help="the digits world's quick build and 1 iteration "
+                                                            "(checks the code runs; the figures mean nothing)"),
+          allocator: str = typer.Option("keep-freed", "--allocator",
+                                        help="keep-freed (senseflow.allocator, as training sets it) | default "
+                                             "(glibc's own: freed memory returned to the kernel)"),
+          out: Path = typer.Option(Path("results/bench"), "--out", help="folder for <name>.json"),
+          table: bool = typer.Option(False, "--table", help="print the figures in --out as Markdown tables; run "
+                                                            "nothing")):
+    """Time the project against what it cannot avoid: iteration efficiency and the paper's additions
+    (iteration), the 4-step student against the 50-step guided teacher (sampling), metric throughput (metrics),
+    Distiller.step on the digits world (step: digits-senseflow, digits-dmd2, and digits-senseflow without D),
+    time and memory against batch and image size (scaling), a local grid against separate processes (harness)."""
+    from senseflow.bench.suite import Settings, run
+
+    if table:
+        from senseflow.bench.report import markdown
+
+        typer.echo(markdown(out))
+        return
+
+    s = Settings(threads=threads, iterations=1 if quick else iterations, repeats=1 if quick else repeats,
+                 quick=quick, allocator=allocator)
+    if world:
+        s.worlds = tuple(world)
+    if method:
+        s.methods = tuple(method)
+    run(names or [], s, out, log=lambda m: typer.echo(m, err=True))

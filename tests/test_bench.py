@@ -1,0 +1,112 @@
+"""`senseflow bench` runs and writes its figures (never a timing assertion: benchmarks are not tests)."""
+
+import json
+
+import pytest
+import torch
+
+from senseflow.cli import main
+
+HEADER = {"benchmark", "date", "machine", "threads", "commit", "load_average_before", "load_average_after",
+          "settings", "rows"}
+
+
+def _read(path):
+    d = json.loads(path.read_text())
+    assert HEADER <= set(d), set(d) ^ HEADER
+    assert d["machine"]["torch"] == torch.__version__ and d["machine"]["cpu"]
+    return d
+
+
+def test_iteration_and_sampling_write_their_figures(tmp_path, capsys):
+    rc = main(["bench", "iteration", "sampling", "--quick", "--world", "sd3", "--world", "flux", "--out", str(tmp_path)])
+    assert rc == 0
+    it = _read(tmp_path / "iteration.json")
+    assert [(r["world"], r["method"]) for r in it["rows"]] == [("sd3", "senseflow"), ("flux", "senseflow"),
+                                                               ("sd3", "dmd2"), ("flux", "dmd2")]
+    for r in it["rows"]:
+        assert r["generator_iterations"] == 1 and r["critic_iterations"] == 1
+        for kind in ("generator", "critic", "ttur_mean"):
+            assert r["iteration_ms"][kind] > 0 and r["limit_ms"][kind] > 0 and r["efficiency"][kind] > 0
+        parts = r["limit_parts_ms_ttur_mean"]
+        assert {"G forward+backward", "teacher", "F forward+backward"} <= set(parts)
+        assert parts["optimizer+clip"] > 0
+        assert set(r["additions"]) >= {"ida_share", "isg_share", "isg_over_passes", "disc_share", "backsim_share"}
+    sf = [r for r in it["rows"] if r["method"] == "senseflow"]
+    assert all(r["ida"] and r["isg"] and r["additions"]["isg_over_passes"] is not None for r in sf)
+    sa = _read(tmp_path / "sampling.json")
+    by = {r["world"]: r for r in sa["rows"]}
+    assert by["sd3"]["teacher_evaluations"] == 100 and by["sd3"]["limit"] == 25.0
+    assert by["flux"]["teacher_guidance"] == "embedded" and by["flux"]["limit"] == 12.5
+    assert all(r["speedup"] > 0 for r in sa["rows"])
+    capsys.readouterr()
+    assert main(["bench", "--table", "--out", str(tmp_path)]) == 0
+    table = capsys.readouterr().out
+    assert "| sd3 | senseflow |" in table and "| flux | 2 |" in table and "`sampling`:" in table
+
+
+def test_recorder_sees_every_network_and_leaves_no_trace():
+    from senseflow.bench import setups
+    from senseflow.bench.passes import PassRecorder
+    from senseflow.distill import Distiller, step_generator
+
+    cfg = setups.run_config("sd3", "senseflow", ["generator.backsim_prob=1.0"], 2, 1)
+    comps = setups.build("sd3", cfg, tiny=True).components
+    b = comps.bundle
+    d = Distiller(cfg, b.teacher, b.text_encoder, b.codec, b.sigma_table, make_discriminator=comps.make_discriminator)
+    flags = [p.requires_grad for p in d.parameters()]
+    rec = PassRecorder().attach(d)
+    batch = comps.data.batch(0, 2, step_generator(0, 0, stream=2))
+    rec.start()
+    d.step(0, batch)
+    rec.stop()
+    names = {(p.name, p.grad) for p in rec.passes}
+    assert {("generator", True), ("teacher", False), ("fake_score", False), ("fake_score", True),
+            ("discriminator", True), ("vae_decode", True)} <= names
+    assert any("isg" in p.tags and p.name == "teacher" for p in rec.passes)
+    assert rec.in_place["optimizer"] > 0 and rec.in_place["ida"] > 0
+    rows = rec.replay()
+    assert len(rows) == len(rec.passes) and all(r["seconds"] > 0 for r in rows)
+    assert any(r["name"] == "generator" and r["backward"] for r in rows)
+    assert not any(r["name"] == "teacher" and r["backward"] for r in rows)
+    assert [p.requires_grad for p in d.parameters()] == flags
+    assert all(p.grad is None for p in d.parameters())
+    rec.detach()
+    assert "forward" not in vars(d.generator) and "_clip" not in vars(d)
+    d.step(1, batch)  # still trains without the recorder
+
+
+def test_scaling_fits_an_exponent(tmp_path):
+    assert main(["bench", "scaling", "--quick", "--world", "flux", "--out", str(tmp_path)]) == 0
+    rows = _read(tmp_path / "scaling.json")["rows"]
+    assert [(r["world"], r["axis"]) for r in rows] == [("flux", "batch"), ("flux", "resolution")]
+    for r in rows:
+        assert [p[r["axis"]] for p in r["points"]] in ([1, 2], [16, 32])
+        assert isinstance(r["time_exponent"], float) and all(p["peak_rss_mib"] > 0 for p in r["points"])
+
+
+def test_metric_throughput_row():
+    from senseflow.bench.metrics import time_metrics
+
+    rows = time_metrics(batch=1, repeats=1, size=64, names=["fid_inception"], log=lambda m: None)
+    assert [r["metric"] for r in rows] == ["fid_inception"] and rows[0]["images_per_second"] > 0
+
+
+@pytest.mark.parametrize("args, words", [(["bench", "nope"], "benchmark 'nope'"),
+                                         (["bench", "iteration", "--world", "mars"], "--world 'mars'"),
+                                         (["bench", "iteration", "--method", "gan"], "--method 'gan'")])
+def test_bad_input_is_one_line(args, words, tmp_path, capsys):
+    assert main(args + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert words in err and len(err.splitlines()) == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_allocator_settings_apply_once_on_glibc():
+    import platform
+    import sys
+
+    from senseflow.allocator import keep_freed_memory
+
+    glibc = sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+    assert keep_freed_memory() is glibc and keep_freed_memory() is glibc
