@@ -26,7 +26,6 @@ import contextlib
 import math
 import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -352,21 +351,15 @@ def load_dinov2(source: str | os.PathLike, dtype: torch.dtype | None = None) -> 
     random one. Raises ModelNotAvailableError naming the backbone and how to get it."""
     from transformers import AutoModel
 
-    from senseflow.models.loading import ModelNotAvailableError
+    from senseflow.models.loading import ModelNotAvailableError, local_or_cached
 
     text = os.fspath(source)
     if text == TINY_BACKBONE:
         return tiny_dinov2()
-    path = Path(text).expanduser()
     hint = (f"download it while online (`huggingface-cli download {text}`) or set gan.backbone to a local "
             "directory holding a DINOv2 config.json and weights; gan.kind=none or dmd2 needs no backbone")
     try:
-        if path.exists():
-            folder = path
-        else:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(repo_id=text, local_files_only=True))
+        folder = local_or_cached(text)
     except Exception as err:  # not cached / offline / invalid id: the same to the caller
         raise ModelNotAvailableError(f"DINOv2 backbone {text!r} for the VFM discriminator is not on this machine "
                                      f"({type(err).__name__}); {hint}") from err

@@ -14,12 +14,11 @@ and anything missing raises one ModelNotAvailableError naming the model and the 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import torch
 from torch import nn
 
-from senseflow.models.loading import ModelNotAvailableError
+from senseflow.models.loading import ModelNotAvailableError, local_or_cached
 
 Tensor = torch.Tensor
 
@@ -59,14 +58,8 @@ def load_clip_text(source: str | os.PathLike = DEFAULT_CLIP_TEXT, dtype: torch.d
     hint = (f"download it while online (`hf download {text}`) and copy the Hugging Face cache here, or set "
             "gan.text_encoder to a local directory holding a CLIPTextModelWithProjection and its tokenizer; "
             "gan.text_condition=pooled_per_head or pooled_shared needs no CLIP")
-    path = Path(text).expanduser()
     try:
-        if path.exists():
-            folder = path
-        else:
-            from huggingface_hub import snapshot_download
-
-            folder = Path(snapshot_download(repo_id=text, local_files_only=True))
+        folder = local_or_cached(text)
     except Exception as err:  # not cached / offline / invalid id: the same to the caller
         raise ModelNotAvailableError(f"CLIP text encoder {text!r} for the discriminator's text condition is not on "
                                      f"this machine ({type(err).__name__}); {hint}") from err

@@ -119,6 +119,17 @@ def _hub_cache() -> str:
 
 
 # ----------------------------------------------------------------------------- resolving the source
+def local_or_cached(source: str | os.PathLike) -> Path:
+    """A local directory as it is, else the hub id's snapshot in the local Hugging Face cache (never
+    downloads); raises what huggingface_hub raises when it is not cached (or the id is invalid)."""
+    path = Path(os.fspath(source)).expanduser()
+    if path.exists():
+        return path
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo_id=os.fspath(source), local_files_only=True))
+
+
 def _looks_like_path(source: str) -> bool:
     return (source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") != 1
             or bool(re.search(r"\s", source)))
