@@ -53,12 +53,19 @@ def build_components(cfg: RunConfig, progress: bool = True, with_data: bool = Tr
 
 
 def _tiny_components(cfg: RunConfig) -> Components:
-    from senseflow.data import SyntheticData
-    from senseflow.discriminators import tiny_dinov2
     from senseflow.models.tiny import tiny_bundle
 
     res = cfg.model.resolution if cfg.model.resolution <= 64 else 32
     bundle = tiny_bundle(cfg.model.family, resolution=res, seed=0, dtype=_DTYPES[cfg.model.dtype])
+    return synthetic_components(cfg, bundle, res)
+
+
+def synthetic_components(cfg: RunConfig, bundle, res: int) -> Components:
+    """Components around a bundle without training data: synthetic pairs, a tiny random DINOv2 and, for
+    gan.text_condition=clip, a tiny random CLIP text tower (tiny mode and the mid-size benchmarks)."""
+    from senseflow.data import SyntheticData
+    from senseflow.discriminators import tiny_dinov2
+
     with torch.no_grad():
         text_dim = bundle.text_encoder.encode(["x"]).pooled.shape[-1]
     backbone = tiny_dinov2(seed=0, hidden_size=32, layers=4, patch_size=4, image_size=res)

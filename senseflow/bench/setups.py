@@ -82,16 +82,12 @@ def _mid_bundle(family: str, resolution: int):
 def build(world: str, cfg: RunConfig, digits_world=None, tiny: bool = False) -> Setup:
     """The components a training run of `cfg` would use (digits: on `digits_world`, loaded once by the caller).
     tiny: SD3 / FLUX with the tiny transformer of `model.tiny=true` instead of the mid-size one (tests)."""
-    from senseflow.train import Components
-
     if world == "digits":
         from senseflow.worlds.digits.components import world_components
 
         comps = world_components(cfg, digits_world)
     else:
-        from senseflow.components import make_discriminator_factory, to_uint8
-        from senseflow.data import SyntheticData
-        from senseflow.discriminators import tiny_dinov2
+        from senseflow.components import synthetic_components
 
         res = cfg.model.resolution
         if tiny:
@@ -100,20 +96,7 @@ def build(world: str, cfg: RunConfig, digits_world=None, tiny: bool = False) -> 
             bundle = tiny_bundle(world, resolution=res, seed=0)
         else:
             bundle = _mid_bundle(world, res)
-        with torch.no_grad():
-            text_dim = bundle.text_encoder.encode(["x"]).pooled.shape[-1]
-        backbone = tiny_dinov2(seed=0, hidden_size=32, layers=4, patch_size=4, image_size=res)
-        data = SyntheticData(res, bundle.codec, bundle.text_encoder, channels=bundle.image_channels,
-                             sample_posterior=cfg.data.latents == "posterior_sample")
-        clip = None
-        if cfg.gan.kind == "vfm" and cfg.gan.text_condition == "clip":
-            from senseflow.models.clip_text import tiny_clip_text
-
-            clip = tiny_clip_text(seed=0)  # CLIP's text-tower architecture, random weights, as model.tiny=true
-        comps = Components(bundle=bundle, data=data,
-                           make_discriminator=make_discriminator_factory(cfg, backbone, text_dim, res,
-                                                                         bundle.latent_shape[-2:], text_encoder=clip),
-                           render=lambda x: to_uint8(bundle.codec.decode(x)), sample_prompts=SyntheticData.PROMPTS[:2])
+        comps = synthetic_components(cfg, bundle, res)
     params = sum(p.numel() for p in comps.bundle.teacher.parameters())
     return Setup(world, cfg, comps, params)
 
