@@ -46,7 +46,15 @@ pre { background: #f6f6f6; padding: .6rem; overflow-x: auto; font-size: .8rem; }
 {% for c in row.cells %}<td>{% if c.best %}<b>{{ c.text }}</b>{% else %}{{ c.text }}{% endif %}</td>{% endfor %}</tr>
 {% endfor %}</tbody></table>
 <p class="note">Mean [95% interval]: t-interval over seeds, or with one seed the run's own bootstrap interval;
-best per column in bold; ↓ lower is better, ↑ higher is better.</p>
+best configuration per column in bold (reference rows are never marked); ↓ lower is better, ↑ higher is better.</p>
+{% if table.paired %}<h3>Paired difference to {{ compare_to }}</h3>
+<table id="paired"><thead><tr><th>Configuration</th><th>pairs</th>
+{% for m in table.metrics %}<th>Δ {{ m.title }} {{ m.arrow }}</th>{% endfor %}</tr></thead><tbody>
+{% for row in table.paired %}<tr><td>{{ row.variant }}</td><td>{{ row.pairs }}</td>
+{% for c in row.cells %}<td>{{ c.text }}{% if c.excludes_0 %} *{% endif %}</td>{% endfor %}</tr>
+{% endfor %}</tbody></table>
+<p class="note">Mean over the seeds both have of (configuration − {{ compare_to }}) [95% t-interval]; * the
+interval excludes 0.</p>{% endif %}
 {% else %}<p>No evaluations labelled '{{ label }}' yet.</p>{% endif %}
 <h2>Curves</h2>
 {% for p in plots %}<figure><img src="{{ p.src }}" alt="{{ p.name }}"><figcaption>{{ p.name }}</figcaption></figure>
@@ -78,9 +86,21 @@ def _table(csv_path: Path) -> dict | None:
     rows = list(csv.DictReader(csv_path.open()))
     if not rows:
         return None
-    metrics = [k[:-5] for k in rows[0] if k.endswith("_mean")]
+    metrics = [k[:-5] for k in rows[0] if k.endswith("_mean") and not k.endswith("_diff_mean")]
     out = {"metrics": [{"title": DISPLAY_NAMES.get(m, m), "arrow": "↑" if higher_is_better(m) else "↓"}
-                       for m in metrics], "rows": []}
+                       for m in metrics], "rows": [], "paired": []}
+    for r in rows:
+        if any(r.get(f"{m}_diff_mean") for m in metrics):
+            cells = []
+            for m in metrics:
+                if not r.get(f"{m}_diff_mean"):
+                    cells.append({"text": "–", "excludes_0": False})
+                    continue
+                text = f"{float(r[f'{m}_diff_mean']):+.4g}"
+                if r[f"{m}_diff_lo"]:
+                    text += f" [{_num(r[f'{m}_diff_lo'])}, {_num(r[f'{m}_diff_hi'])}]"
+                cells.append({"text": text, "excludes_0": r[f"{m}_diff_excludes_0"] == "1"})
+            out["paired"].append({"variant": r["variant"], "pairs": r[f"{metrics[0]}_diff_n"], "cells": cells})
     for r in rows:
         cells = []
         for m in metrics:
@@ -100,7 +120,8 @@ def build_report(db_path: str | os.PathLike, grid: str, out_path: str | os.PathL
     """Write the report of `grid` (runs as recorded in the DuckDB file `db_path`) to `out_path`; returns it."""
     from jinja2 import Environment
 
-    from .plots import plot_grid_samples, plot_metric_curves
+    from .grid_view import grid_view
+    from .plots import plot_ablation, plot_grid_samples, plot_metric_curves
 
     _, runs = query(db_path, "select run_id, variant, seed, state, run_dir from runs where grid = ? "
                              "order by variant, seed", [grid])
@@ -112,6 +133,12 @@ def build_report(db_path: str | os.PathLike, grid: str, out_path: str | os.PathL
         except ValueError:  # no evaluation with this label yet
             table = None
         plots = []
+        view = grid_view(db_path, grid)
+        if table is not None:
+            for m in [view.paper_metric] if view.paper_metric else ["fid_t"]:
+                if any(x["title"] == DISPLAY_NAMES.get(m, m) for x in table["metrics"]):
+                    p = plot_ablation(db_path, grid, m, label=label, view=view, out_dir=tmp)
+                    plots.append({"name": f"{m} per configuration (seeds, mean ± 95% CI)", "src": data_uri(p)})
         _, names = query(db_path, "select distinct t.name from train_metrics t join runs r using (run_id) "
                                   "where r.grid = ? order by 1", [grid])
         for m in [m for m in train_metrics if (m,) in names]:
@@ -124,8 +151,9 @@ def build_report(db_path: str | os.PathLike, grid: str, out_path: str | os.PathL
             plots.append({"name": f"{m} (evaluations during training)", "src": data_uri(p)})
         compare = plot_grid_samples(db_path, grid, Path(tmp) / "samples.png")
         compare = data_uri(compare) if compare is not None else None
+    rank = {v: i for i, v in enumerate(view.arrange({r[1] for r in runs if r[1] is not None}))}
     cells = []
-    for run_id, variant, seed, state, run_dir in runs:
+    for run_id, variant, seed, state, run_dir in sorted(runs, key=lambda r: (rank.get(r[1], len(rank)), r[2] or 0)):
         folder = Path(run_dir)
         samples = folder / "samples" / "final.png"
         config = folder / "config.yaml"
@@ -134,6 +162,7 @@ def build_report(db_path: str | os.PathLike, grid: str, out_path: str | os.PathL
                       "config": config.read_text() if config.is_file() else "(no config.yaml)"})
     html = Environment(autoescape=True).from_string(_TEMPLATE).render(
         grid=grid, label=label, table=table, plots=plots, runs=cells, compare=compare, version=code_version(),
+        compare_to=view.compare_to,
         when=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"))
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -23,6 +23,10 @@ be deleted at any time). Tables:
 * ``train_metrics(run_id, grid, iteration, time, name, value)`` long format; nested dicts are
   flattened to ``a/b``; if an iteration was logged twice (resume) the last line wins
 * ``eval_metrics(run_id, grid, iteration, label, name, value, lo, hi, num_samples, checkpoint)``
+* ``grids(grid, position, variant, compare_to, paper_metric, paper_value, paper_source)`` one row per cell
+  of every grid folder with a manifest ``grid.json`` (written by `senseflow grid run`): the file's cell
+  order, the cell paired differences are taken against, and the paper's value of a metric (see
+  evals.grid_view)
 
 Broken files or lines are skipped with a warning; sync never fails because of one run.
 """
@@ -300,7 +304,26 @@ _SCHEMA = {
                         name VARCHAR, value DOUBLE)""",
     "eval_metrics": """CREATE TABLE eval_metrics (run_id VARCHAR, grid VARCHAR, iteration BIGINT, label VARCHAR,
                        name VARCHAR, value DOUBLE, lo DOUBLE, hi DOUBLE, num_samples BIGINT, checkpoint VARCHAR)""",
+    "grids": """CREATE TABLE grids (grid VARCHAR, position BIGINT, variant VARCHAR, compare_to VARCHAR,
+                paper_metric VARCHAR, paper_value DOUBLE, paper_source VARCHAR)""",
 }
+GRID_MANIFEST = "grid.json"
+
+
+def _read_manifests(runs_root: Path, counts: dict[str, int]) -> list[tuple]:
+    rows = []
+    for path in sorted(runs_root.glob(f"*/{GRID_MANIFEST}")) if runs_root.is_dir() else []:
+        try:
+            m = json.loads(path.read_text())
+            paper = m.get("paper") or {}
+            values = paper.get("values") or {}
+            for i, cell in enumerate(m["cells"]):
+                value = values.get(cell)
+                rows.append((str(m["grid"]), i, str(cell), m.get("compare_to"), paper.get("metric"),
+                             None if value is None else float(value), paper.get("source")))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            _warn(f"{path}: skipped ({type(exc).__name__}: {exc})", counts)
+    return rows
 
 
 def _warn(msg: str, counts: dict[str, int], key: str = "skipped_files") -> None:
@@ -516,6 +539,9 @@ def sync(results_root: str | os.PathLike = "results", db_path: str | os.PathLike
                                           {"value": "f8"}),
                 "eval_metrics": _columns(evals, ["run_id", "grid", "iteration", "label", "name", "value", "lo", "hi",
                                                  "num_samples", "checkpoint"], {"value": "f8"}),
+                "grids": _columns(_read_manifests(results_root / "runs", counts),
+                                  ["grid", "position", "variant", "compare_to", "paper_metric", "paper_value",
+                                   "paper_source"], {}),
             }
             for table, cols in data.items():
                 if len(next(iter(cols.values()))) == 0:

@@ -15,6 +15,11 @@ A grid file (see experiments/digits/ablation.yaml for a worked example)::
       - {name: "w/o ISG", overrides: {isg.enabled: false}}
     db: results/senseflow.duckdb   # optional: the store `grid run` syncs (default <results>/senseflow.duckdb)
     allow_outside_results: false   # true: let output.root put the runs outside ./results (e.g. scratch space)
+    compare_to: SenseFlow          # optional: tables add paired differences (same seeds) to this cell
+    paper:                         # optional: the paper's values of one metric for some cells (plotted beside)
+      metric: fid_t
+      source: SD3.5 Large, component ablation
+      values: {SenseFlow: 13.38, "w/o ISG": 17.00}
 
 With both `variants` and `axes` every variant is crossed with every axis point; the cell is named
 "<variant> (<key>=<value>, ...)" ("<key>=<value>, ..." with axes only). A cell's config is
@@ -42,12 +47,14 @@ from typing import Any
 
 import yaml
 
+from evals.store import GRID_MANIFEST
 from senseflow import config as config_mod
 from senseflow.config import ConfigError, RunConfig
 from senseflow.run import read_status
 
 TOP_LEVEL_KEYS = ("grid", "description", "base", "overrides", "eval", "seeds", "axes", "variants", "db",
-                  "allow_outside_results")
+                  "allow_outside_results", "compare_to", "paper")
+PAPER_KEYS = ("metric", "source", "values")
 RESULTS_DIR = Path("results")  # the results root, relative to the current folder (default output.root: results/runs)
 VARIANT_KEYS = ("name", "base", "overrides", "seeds", "description")
 RUN_LOCK = ".run.lock"     # held (flock) by the process executing a run; see run_lock()
@@ -88,6 +95,18 @@ class Grid:
     common: list[Override]                 # grid-level overrides (incl. eval), shown once in plans
     specs: list[RunSpec] = field(default_factory=list)
     db: str | None = None                  # optional DuckDB path named by the file
+    compare_to: str | None = None          # paired differences are taken against this cell
+    paper: dict[str, Any] | None = None    # {metric, source, values: {cell: value}}
+
+    @property
+    def cells(self) -> list[str]:
+        """Cell names in the file's order."""
+        return list(dict.fromkeys(s.name for s in self.specs))
+
+    def manifest(self) -> dict[str, Any]:
+        """What tables and plots need to show the grid as its file orders it (written to GRID_MANIFEST)."""
+        return {"grid": self.name, "file": str(self.path) if self.path else None, "cells": self.cells,
+                "compare_to": self.compare_to, "paper": self.paper}
 
     @property
     def root(self) -> Path:
@@ -338,7 +357,49 @@ def load_grid(source: str | Path | dict[str, Any], *, name: str | None = None) -
         if s.run_id in ids:
             raise ConfigError(f"{where}: cells '{ids[s.run_id].label}' and '{s.label}' resolve to the same run")
         ids[s.run_id] = s
-    return Grid(name=grid_name, path=path, description=str(description), common=common, specs=specs, db=db)
+    cells = list(dict.fromkeys(s.name for s in specs))
+    compare_to = doc.get("compare_to")
+    if compare_to is not None and compare_to not in cells:
+        raise ConfigError(f"{where}: compare_to={compare_to!r} names no cell{_did_you_mean(str(compare_to), tuple(cells))}")
+    paper = _paper(doc.get("paper"), cells, where)
+    return Grid(name=grid_name, path=path, description=str(description), common=common, specs=specs, db=db,
+                compare_to=compare_to, paper=paper)
+
+
+def _paper(doc: Any, cells: list[str], where: str) -> dict[str, Any] | None:
+    if doc is None:
+        return None
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{where}: paper must be a mapping {{metric, source, values: {{cell: number}}}}")
+    for k in doc:
+        if k not in PAPER_KEYS:
+            raise ConfigError(f"{where}: paper: unknown key '{k}'{_did_you_mean(k, PAPER_KEYS)}")
+    metric, source, values = doc.get("metric"), doc.get("source", ""), doc.get("values")
+    if not isinstance(metric, str) or not metric:
+        raise ConfigError(f"{where}: paper.metric={metric!r} must name a metric, e.g. fid_t")
+    if not isinstance(source, str):
+        raise ConfigError(f"{where}: paper.source={source!r} must be text (where the values are published)")
+    if not isinstance(values, dict) or not values:
+        raise ConfigError(f"{where}: paper.values must map cell names to numbers, e.g. {{SenseFlow: 13.38}}")
+    for cell, v in values.items():
+        if cell not in cells:
+            raise ConfigError(f"{where}: paper.values: {cell!r} names no cell{_did_you_mean(str(cell), tuple(cells))}")
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            raise ConfigError(f"{where}: paper.values.{cell}={v!r} must be a number")
+    return {"metric": metric, "source": source, "values": {c: float(v) for c, v in values.items()}}
+
+
+def write_manifest(grid: Grid) -> Path:
+    """Write the grid's GRID_MANIFEST into its folder (atomically), for tables and plots to follow the file's order."""
+    import json
+
+    folder = grid.root / grid.name
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / GRID_MANIFEST
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(grid.manifest(), indent=1))
+    os.replace(tmp, path)
+    return path
 
 
 # ============================================================================ state of a run

@@ -31,8 +31,9 @@ def test_digits_grid_table_and_plots(tmp_path, quick_cache, capsys):
     grid = tmp_path / "g.yaml"
     grid.write_text(yaml.safe_dump(doc, sort_keys=False))
     assert main(["grid", "run", str(grid), "--executor", "debug"]) == 0
-    runs = sorted(p for p in (tmp_path / "runs" / "e2e").iterdir() if not p.name.startswith("."))
+    runs = sorted(p for p in (tmp_path / "runs" / "e2e").iterdir() if p.is_dir() and not p.name.startswith("."))
     assert len(runs) == 4
+    assert json.loads((tmp_path / "runs" / "e2e" / "grid.json").read_text())["cells"] == ["DMD2", "SenseFlow"]
     for r in runs:
         status = json.loads((r / "status.json").read_text())
         assert status["state"] == "completed", status
@@ -53,6 +54,7 @@ def test_digits_grid_table_and_plots(tmp_path, quick_cache, capsys):
     assert main(["results", "plots", "e2e", "--root", str(root), "--no-sync"]) == 0
     pngs = sorted(p.name for p in (root / "plots").iterdir())
     assert "e2e_samples.png" in pngs and any("loss_dmd" in p for p in pngs) and any("eval_fid_t" in p for p in pngs)
+    assert "e2e_ablation_fid_t.png" in pngs
     from PIL import Image
 
     grid_png = Image.open(root / "plots" / "e2e_samples.png")

@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from senseflow.grid import Grid, RunSpec, cell_state, fmt_overrides, load_grid
+from senseflow.grid import Grid, RunSpec, cell_state, fmt_overrides, load_grid, write_manifest
 
 app = typer.Typer(no_args_is_help=True)
 out = Console(highlight=False, soft_wrap=False, width=200, emoji=False)
@@ -149,6 +149,7 @@ def run(file: Path = typer.Argument(..., help="grid YAML"),
         typer.echo(f"{len(missing)} input(s) missing: nothing submitted; fix them or pass --allow-missing", err=True)
         raise SystemExit(2)
     _header(grid, specs)
+    write_manifest(grid)
 
     from senseflow.progress import GridProgress
 

@@ -92,7 +92,8 @@ def plots(grid: str = typer.Argument(..., help="grid name (output.grid)"),
           train_metrics: list[str] = typer.Option(["loss_dmd", "loss_fake", "loss_isg", "grad_norm_g"], "--train-metric"),
           sync_first: bool = typer.Option(True, "--sync/--no-sync")):
     """Training curves per configuration (seed bands) and a teacher-vs-configurations sample grid."""
-    from evals.plots import plot_grid_samples, plot_metric_curves
+    from evals.grid_view import grid_view
+    from evals.plots import plot_ablation, plot_grid_samples, plot_metric_curves
     from evals.store import query as do_query
     from evals.store import sync as do_sync
 
@@ -111,6 +112,12 @@ def plots(grid: str = typer.Argument(..., help="grid name (output.grid)"),
                               "where r.grid = ? and e.label != 'final'", [grid])
     for (m,) in evals:
         written.append(plot_metric_curves(path, grid, m, source="eval", out_dir=out_dir))
+    view = grid_view(path, grid)
+    _, finals = do_query(path, "select distinct e.name from eval_metrics e join runs r using (run_id) "
+                               "where r.grid = ? and e.label = 'final'", [grid])
+    metric = view.paper_metric or "fid_t"
+    if (metric,) in finals:  # the ablation as points, beside the paper's values where the grid file gives them
+        written.append(plot_ablation(path, grid, metric, view=view, out_dir=out_dir))
     # sample grid: the teacher, then one run (lowest seed) per configuration, same prompts and seeds
     samples = plot_grid_samples(path, grid, out_dir / f"{grid}_samples.png")
     if samples is not None:
