@@ -109,8 +109,8 @@ class ExecuteJob:
 
         components = build_components(cfg, progress=self.progress)
         restored = checkpoint.restore(run_dir, components, cfg=cfg)  # the distiller at `iteration`
-        evaluate_run(cfg, run_dir, restored.distiller, components, progress=self.progress, label=f"iter_{iteration}",
-                     iteration=iteration, main=restored.distiller.parallel.is_main)
+        evaluate_run(cfg, run_dir, restored.distiller, components, progress=self.progress,
+                     label=f"iter_{iteration}", iteration=iteration, main=restored.distiller.parallel.is_main)
 
 
 def smoke_metrics(cfg: RunConfig) -> dict[str, float]:
