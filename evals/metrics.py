@@ -30,6 +30,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from senseflow.run_folder import save_png  # the one PNG writer (re-exported for the sample sets)
+
 __all__ = [
     "MissingWeightsError", "WeightSpec", "WEIGHTS", "resolve_weights", "resolve_hub_dir", "is_offline",
     "weights_dir", "Sample", "SampleSet", "MANIFEST", "IMAGE_EXTENSIONS", "MetricResult", "Metric",
@@ -380,23 +382,6 @@ class SampleSet:
             warnings.warn(f"{len(self) - len(mine)} of {len(self)} samples in {self.root} have no teacher sample "
                           f"in {other.root}; they are left out", stacklevel=2)
         return mine, their_idx
-
-
-def save_png(path: str | os.PathLike, image: np.ndarray) -> None:
-    """Save one uint8 image (H, W), (H, W, 1) or (H, W, 3) as PNG (written to a temp name, then renamed)."""
-    from PIL import Image
-
-    a = np.asarray(image)
-    if a.dtype != np.uint8:
-        raise TypeError(f"images must be uint8, got {a.dtype}")
-    if a.ndim == 3 and a.shape[2] == 1:
-        a = a[:, :, 0]
-    if a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] != 3):
-        raise ValueError(f"image must be (H, W), (H, W, 1) or (H, W, 3), got {a.shape}")
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    Image.fromarray(a).save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 # ============================================================================ results and intervals

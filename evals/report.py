@@ -17,8 +17,10 @@ import os
 import tempfile
 from pathlib import Path
 
+from senseflow.run_folder import code_version
+
 from .metrics import higher_is_better
-from .store import code_version, query
+from .store import query
 from .tables import DISPLAY_NAMES, build_ablation_table
 
 _TEMPLATE = """<!DOCTYPE html>

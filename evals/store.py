@@ -1,11 +1,11 @@
 """Results store: each run writes its own files atomically; DuckDB reads them all (`sync`).
 
-Run folder ``results/runs/<grid>/<run_id>/``:
+Run folder ``results/runs/<grid>/<run_id>/`` (its files and status.json are senseflow.run_folder's):
 
 * ``config.yaml``   the resolved config (any YAML mapping)
 * ``status.json``   ``{"run_id", "grid", "variant", "seed", "state", "reason", "started", "finished",
-  "iteration", "code_version", "host", ...}``; state is one of `RUN_STATES`; times are ISO-8601 UTC
-  strings (float Unix times are accepted when reading)
+  "iteration", "code_version", "host", ...}``; state is a `senseflow.run_folder.State`; times are
+  Unix seconds (ISO-8601 strings are accepted when reading)
 * ``metrics.jsonl`` one JSON object per line: ``{"iteration": int, "time": float (s), <name>: float, ...}``
 * ``eval.json``     ``{"evaluations": [{"iteration", "label", "metrics": {name: float},
   "intervals": {name: [lo, hi]}, "num_samples", "checkpoint"}]}``
@@ -39,8 +39,6 @@ import fcntl
 import json
 import math
 import os
-import socket
-import subprocess
 import uuid
 import warnings
 from pathlib import Path
@@ -49,44 +47,27 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 import yaml
 
+from senseflow.run_folder import (CONFIG_FILE, EVAL_FILE, METRICS_FILE, STATUS_FILE, State, lock, run_path,
+                                  write_json_atomic, write_status, write_text_atomic)
+from senseflow.run_folder import dumps as _dumps
+
 __all__ = [
-    "RUN_STATES", "TERMINAL_STATES", "STATUS_FILE", "CONFIG_FILE", "METRICS_FILE", "EVAL_FILE", "DEFAULT_DB",
-    "run_dir", "write_json_atomic", "write_text_atomic", "append_jsonl", "write_config", "read_json",
-    "read_status", "write_status", "log_metrics", "record_eval", "read_evals", "init_run", "code_version",
-    "sync", "query", "QueryError",
+    "DEFAULT_DB", "append_jsonl", "write_config", "read_json", "log_metrics", "record_eval", "read_evals",
+    "init_run", "sync", "query", "QueryError",
 ]
 
-RUN_STATES = ("pending", "running", "completed", "failed", "diverged")
-TERMINAL_STATES = ("completed", "failed", "diverged")
-STATUS_FILE, CONFIG_FILE, METRICS_FILE, EVAL_FILE = "status.json", "config.yaml", "metrics.jsonl", "eval.json"
 DEFAULT_DB = "senseflow.duckdb"
-_LOCK = ".lock"
 
 
 # ============================================================================ small helpers
-def _json_default(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    if isinstance(o, (Path, _dt.datetime, _dt.date)):
-        return str(o) if isinstance(o, Path) else o.isoformat()
-    if isinstance(o, (set, tuple)):
-        return list(o)
-    raise TypeError(f"not JSON serialisable: {type(o).__name__}")
-
-
-def _dumps(obj: Any, **kw) -> str:
-    return json.dumps(obj, default=_json_default, **kw)
-
-
 def _now_iso() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="milliseconds")
 
 
 @contextlib.contextmanager
 def file_lock(path: Path) -> Iterator[None]:
-    """Exclusive advisory lock on ``path`` (created if needed) for read-modify-write sections."""
+    """Exclusive advisory lock on ``path`` (created if needed) for read-modify-write sections (sweeps' study
+    files; a run folder's files use senseflow.run_folder.lock)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     try:
@@ -97,56 +78,7 @@ def file_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-_CODE_VERSION: str | None = None
-
-
-def code_version() -> str:
-    """``git describe --always --dirty`` of the source tree this module lives in, or 'unknown'."""
-    global _CODE_VERSION
-    if _CODE_VERSION is None:
-        try:
-            out = subprocess.run(["git", "-C", str(Path(__file__).resolve().parent), "describe", "--always", "--dirty"],
-                                 capture_output=True, text=True, timeout=5)
-            _CODE_VERSION = out.stdout.strip() or "unknown"
-        except Exception:
-            _CODE_VERSION = "unknown"
-    return _CODE_VERSION
-
-
-def run_dir(results_root: str | os.PathLike, grid: str, run_id: str) -> Path:
-    """``<results_root>/runs/<grid>/<run_id>`` (not created). ``grid`` may hold '/' (nested grids);
-    ``run_id`` must be a single path component."""
-    if not run_id or "/" in run_id or "\\" in run_id or run_id in (".", "..") or run_id.startswith("."):
-        raise ValueError(f"run_id={run_id!r} must be one path component (no '/', not hidden)")
-    parts = grid.split("/")
-    if not grid or any(p in ("", ".", "..") or p.startswith(".") for p in parts):
-        raise ValueError(f"grid={grid!r} must be a relative name like 'ablation' or 'digits/ablation'")
-    return Path(results_root) / "runs" / grid / run_id
-
-
-# ============================================================================ atomic writers
-def write_text_atomic(path: str | os.PathLike, text: str, *, fsync: bool = True) -> None:
-    """Write ``text`` to a temp file in the same folder, fsync, then ``os.replace`` onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            if fsync:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def write_json_atomic(path: str | os.PathLike, obj: Any, *, indent: int | None = 1) -> None:
-    """Atomically write ``obj`` as JSON (numpy scalars/arrays, Paths and datetimes are converted)."""
-    write_text_atomic(path, _dumps(obj, indent=indent) + "\n")
-
-
+# ============================================================================ appending
 def append_jsonl(path: str | os.PathLike, obj: Mapping[str, Any], *, fsync: bool = False) -> None:
     """Append one JSON line with a single ``write`` on an O_APPEND descriptor under ``flock``.
 
@@ -198,54 +130,13 @@ def write_config(run: str | os.PathLike, config: Mapping[str, Any]) -> Path:
     return path
 
 
-def read_status(run: str | os.PathLike) -> dict[str, Any] | None:
-    """The run's status.json as a dict, or None."""
-    st = read_json(Path(run) / STATUS_FILE)
-    return st if isinstance(st, dict) else None
-
-
-def write_status(run: str | os.PathLike, state: str, *, reason: str | None = None, **fields: Any) -> dict[str, Any]:
-    """Merge ``state``/``reason``/``fields`` into the run's status.json (atomic, locked) and return it.
-
-    ``run_id``/``grid`` default to the folder names; ``host`` and ``code_version`` are filled in;
-    ``started`` is set the first time the state becomes 'running' and ``finished`` when it becomes
-    terminal (completed, failed, diverged) unless given. ``updated`` is always refreshed.
-    """
-    if state not in RUN_STATES:
-        raise ValueError(f"state={state!r} is not one of {', '.join(RUN_STATES)}")
-    run = Path(run)
-    with file_lock(run / _LOCK):
-        st = read_status(run) or {}
-        st.setdefault("run_id", run.name)
-        st.setdefault("grid", run.parent.name)
-        for k in ("variant", "seed", "iteration"):
-            st.setdefault(k, None)
-        st.update(fields)
-        st["state"] = state
-        if reason is not None or "reason" not in st:
-            st["reason"] = reason or ""
-        now = _now_iso()
-        st.setdefault("started", None)
-        if state == "running" and not st.get("started"):
-            st["started"] = now
-        if state in TERMINAL_STATES and "finished" not in fields:
-            st["finished"] = now
-        elif state not in TERMINAL_STATES and "finished" not in fields:
-            st["finished"] = None
-        st.setdefault("host", socket.gethostname())
-        st.setdefault("code_version", code_version())
-        st["updated"] = now
-        write_json_atomic(run / STATUS_FILE, st)
-    return st
-
-
 def init_run(results_root: str | os.PathLike, grid: str, run_id: str, config: Mapping[str, Any], *,
              variant: str | None = None, seed: int | None = None, **fields: Any) -> Path:
     """Create the run folder with config.yaml and a 'pending' status.json. Returns the folder."""
-    run = run_dir(results_root, grid, run_id)
+    run = run_path(Path(results_root) / "runs", grid, run_id)
     run.mkdir(parents=True, exist_ok=True)
     write_config(run, config)
-    write_status(run, "pending", run_id=run_id, grid=grid, variant=variant, seed=seed, iteration=0, **fields)
+    write_status(run, State.PENDING, run_id=run_id, grid=grid, variant=variant, seed=seed, iteration=0, **fields)
     return run
 
 
@@ -284,7 +175,7 @@ def record_eval(run: str | os.PathLike, *, iteration: int, label: str, metrics: 
         "time": _now_iso(), **extra,
     }
     run = Path(run)
-    with file_lock(run / _LOCK):
+    with lock(run):
         evals = [e for e in read_evals(run) if not (e.get("iteration") == entry["iteration"]
                                                     and e.get("label") == entry["label"])]
         evals.append(entry)
@@ -396,7 +287,8 @@ def _find_runs(results_root: Path) -> list[Path]:
 def _read_run(run: Path, base: Path, counts: dict[str, int]):
     """(runs row, train rows, eval rows) of one run folder; broken parts are skipped with warnings."""
     grid_name = run.parent.relative_to(base).as_posix()
-    status = read_status(run)
+    status = read_json(run / STATUS_FILE)
+    status = status if isinstance(status, dict) else None
     if status is None and (run / STATUS_FILE).exists():
         counts["skipped_files"] = counts.get("skipped_files", 0) + 1
     status = status or {}

@@ -43,7 +43,7 @@ def _evaluate(cfg, run_dir: Path, distiller, components, progress, label, iterat
     if evaluator is None:
         evaluator = _images_evaluator(cfg, components, sample_root)
     if iteration is None:
-        from senseflow.train import checkpoints
+        from senseflow.checkpoint import checkpoints
 
         ck = checkpoints(run_dir)
         iteration = int(ck[-1].name.split("_")[-1]) if ck else cfg.train.iterations

@@ -50,7 +50,7 @@ import yaml
 from evals.store import GRID_MANIFEST
 from senseflow import config as config_mod
 from senseflow.config import ConfigError, RunConfig
-from senseflow.run import read_status
+from senseflow.run_folder import State, read_status, run_path
 
 TOP_LEVEL_KEYS = ("grid", "description", "base", "overrides", "eval", "seeds", "axes", "variants", "db",
                   "allow_outside_results", "compare_to", "paper")
@@ -80,7 +80,7 @@ class RunSpec:
 
     @property
     def run_dir(self) -> Path:
-        return Path(self.cfg.output.root) / self.cfg.output.grid / self.run_id
+        return run_path(self.cfg.output.root, self.cfg.output.grid, self.run_id)
 
     @property
     def label(self) -> str:
@@ -485,11 +485,11 @@ def cell_state(spec: RunSpec | Path, total: int | None = None) -> CellState:
         return CellState("running", it, total, raw=state or "")
     if not status:
         return CellState("new", 0, total)
-    if state == "completed":
+    if state == State.COMPLETED:
         return CellState("done", it, total, raw=state)
-    if state in ("failed", "diverged"):
+    if state in (State.FAILED, State.DIVERGED):
         return CellState(state, it, total, reason=str(status.get("reason") or ""), raw=state)
-    if state in ("running", "evaluating"):
+    if state in (State.RUNNING, State.EVALUATING):
         # nobody here holds its lock: interrupted, or running on another host (e.g. a SLURM node)
         host = status.get("host")
         state = "interrupted" if not host or host == socket.gethostname() else f"{state} on {host}?"

@@ -57,56 +57,27 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from senseflow import config as config_mod
 from senseflow.config import ConfigError, RunConfig
 from senseflow.grid import RunSpec, cell_state, run_lock
-from senseflow.run import read_status
+from senseflow.run_folder import (JOB_FILE, METRICS_FILE, TERMINAL, State, read_json, read_status, update_json,
+                                  write_json_atomic, write_status)
 
 EXECUTORS = ("local", "debug", "slurm")
-JOB_FILE = "job.json"          # per run: how it was launched (executor, job id, log files, requeues)
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60
-TERMINAL = ("completed", "failed", "diverged")
 PROGRESS_EVERY_S = 30.0        # how often launch() reports the running cells (on_event "progress")
 
 JobFn = Callable[..., dict]
 
 
-# ============================================================================ small file helpers
-def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        d = json.loads(Path(path).read_text())
-        return d if isinstance(d, dict) else {}
-    except (OSError, json.JSONDecodeError):
-        return {}
-
-
-def update_status(run_dir: Path, cfg: RunConfig, **fields: Any) -> dict:
-    """Merge fields into status.json (same keys as senseflow.train.write_status, without importing torch)."""
-    path = Path(run_dir) / "status.json"
-    cur = _read_json(path)
-    cur.update({"run_id": Path(run_dir).name, "grid": cfg.output.grid, "variant": cfg.name, "seed": cfg.train.seed,
-                "method": cfg.method, "host": socket.gethostname()})
-    cur.update(fields)
-    _write_json(path, cur)
-    return cur
-
-
+# ============================================================================ run-folder records
 def update_job_record(run_dir: Path, **fields: Any) -> None:
-    path = Path(run_dir) / JOB_FILE
-    cur = _read_json(path)
-    cur.update(fields)
-    _write_json(path, cur)
+    """Merge fields into the run's job.json (how it was launched: executor, job id, log files, requeues)."""
+    update_json(Path(run_dir) / JOB_FILE, **fields)
 
 
 def record_failure(run_dir: Path, cfg: RunConfig, reason: str) -> None:
     """Mark a run failed unless it already ended (its own reason wins)."""
-    if read_status(run_dir).get("state") in ("completed", "diverged", "failed"):
+    if read_status(run_dir).get("state") in TERMINAL:
         return
-    update_status(run_dir, cfg, state="failed", reason=reason[:500], finished=time.time())
+    write_status(run_dir, State.FAILED, cfg, reason=reason[:500], finished=time.time())
 
 
 # ============================================================================ job functions
@@ -132,15 +103,14 @@ class ExecuteJob:
         return status
 
     def evaluate_checkpoint(self, cfg: RunConfig, run_dir: Path, iteration: int) -> None:
+        from senseflow import checkpoint
         from senseflow.components import build_components
         from senseflow.evaluate import evaluate_run
-        from senseflow.train import train
 
         components = build_components(cfg, progress=self.progress)
-        # stop_after=0 loads the last checkpoint and trains nothing: the distiller at `iteration`
-        result = train(cfg, run_dir, components, run_id=Path(run_dir).name, progress=False, stop_after=0)
-        evaluate_run(cfg, run_dir, result.distiller, components, progress=self.progress, label=f"iter_{iteration}",
-                     iteration=iteration)
+        restored = checkpoint.restore(run_dir, components, cfg=cfg)  # the distiller at `iteration`
+        evaluate_run(cfg, run_dir, restored.distiller, components, progress=self.progress,
+                     label=f"iter_{iteration}", iteration=iteration, main=restored.distiller.parallel.is_main)
 
 
 def smoke_metrics(cfg: RunConfig) -> dict[str, float]:
@@ -172,28 +142,28 @@ class SmokeJob:
 
         run_dir = Path(run_dir)
         status = read_status(run_dir)
-        if status.get("state") == "completed":
+        if status.get("state") == State.COMPLETED:
             return status
         run_dir.mkdir(parents=True, exist_ok=True)
         config_mod.save(cfg, run_dir / "config.yaml")
         ckdir = run_dir / "checkpoints"
-        done = [int(_read_json(p / "trainer.json").get("iteration", 0)) for p in sorted(ckdir.glob("iter_*"))]
+        done = [int(read_json(p / "trainer.json").get("iteration", 0)) for p in sorted(ckdir.glob("iter_*"))]
         start = max(done, default=0)
         total = cfg.train.iterations
         end = total if stop_after is None else min(total, start + stop_after)
-        mpath = run_dir / "metrics.jsonl"
+        mpath = run_dir / METRICS_FILE
         if mpath.exists():
             keep = [ln for ln in mpath.read_text().splitlines() if ln.strip() and json.loads(ln)["iteration"] <= start]
             mpath.write_text("".join(k + "\n" for k in keep))
-        update_status(run_dir, cfg, state="running", iteration=start, started=time.time(), reason="",
-                      resumed_from=start or None, pid=os.getpid())
+        write_status(run_dir, State.RUNNING, cfg, iteration=start, started=time.time(), reason="",
+                     resumed_from=start or None, pid=os.getpid())
         final = smoke_metrics(cfg)
         t0 = time.time()
 
         def ckpt(n: int) -> None:
             d = ckdir / f"iter_{n:07d}"
             d.mkdir(parents=True, exist_ok=True)
-            _write_json(d / "trainer.json", {"iteration": n})
+            write_json_atomic(d / "trainer.json", {"iteration": n})
 
         for it in range(start, end):
             time.sleep(self.step_seconds)
@@ -201,8 +171,8 @@ class SmokeJob:
             if cfg.name in self.fail and n > total // 2:
                 raise RuntimeError(f"smoke job: cell '{cfg.name}' fails on purpose at iteration {n}")
             if cfg.name in self.diverge and n > total // 2:
-                return update_status(run_dir, cfg, state="diverged", iteration=it, finished=time.time(),
-                                     reason=f"iteration {it}: smoke job diverges on purpose")
+                return write_status(run_dir, State.DIVERGED, cfg, iteration=it, finished=time.time(),
+                                    reason=f"iteration {it}: smoke job diverges on purpose")
             progress = n / total
             if n % cfg.train.log_every == 0 or n == end:
                 row = {"iteration": n, "time": round(time.time() - t0, 3), "loss_dmd": 1.0 - 0.5 * progress,
@@ -214,13 +184,13 @@ class SmokeJob:
                 record_eval(run_dir, iteration=n, label=f"iter_{n}",
                             metrics={k: v * (1.0 + 2.0 * (1.0 - progress)) if k == "fid_t" else v * progress
                                      for k, v in final.items()})
-                update_status(run_dir, cfg, state="running", iteration=n)
+                write_status(run_dir, State.RUNNING, cfg, iteration=n)
         if end < total:
             ckpt(end)
-            return update_status(run_dir, cfg, state="stopped", iteration=end)
+            return write_status(run_dir, State.STOPPED, cfg, iteration=end)
         ckpt(total)
         record_eval(run_dir, iteration=total, label="final", metrics=final, num_samples=cfg.eval.num_samples)
-        return update_status(run_dir, cfg, state="completed", iteration=total, finished=time.time())
+        return write_status(run_dir, State.COMPLETED, cfg, iteration=total, finished=time.time())
 
 
 def resolve_job(job: str | JobFn | None, *, evaluate: bool = True) -> JobFn:
@@ -294,8 +264,8 @@ class CellJob(submitit.helpers.Checkpointable):
         try:
             return self.job(cfg, run_dir)
         except KeyboardInterrupt:  # cancelled (local jobs get SIGINT): resumable, not failed
-            if rank == 0 and read_status(run_dir).get("state") in ("running", "evaluating"):
-                update_status(run_dir, cfg, state="stopped", reason="interrupted")
+            if rank == 0 and read_status(run_dir).get("state") in (State.RUNNING, State.EVALUATING):
+                write_status(run_dir, State.STOPPED, cfg, reason="interrupted")
             raise
         except Exception as e:
             if rank == 0:
@@ -310,7 +280,7 @@ class CellJob(submitit.helpers.Checkpointable):
     def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
         # The run's checkpoints hold the training state; requeue the same call and let train.py resume.
         rd = Path(self.run_dir)
-        rec = _read_json(rd / JOB_FILE)
+        rec = read_json(rd / JOB_FILE)
         update_job_record(rd, requeues=int(rec.get("requeues", 0)) + 1, last_requeue=time.time(),
                           requeued_at_iteration=read_status(rd).get("iteration"))
         return submitit.helpers.DelayedSubmission(self, *args, **kwargs)
@@ -465,7 +435,7 @@ def submitit_folder(specs: list[RunSpec]) -> Path:
 
 def live_slurm_jobs(specs: list[RunSpec]) -> dict[str, str]:
     """run_id -> 'JOBID STATE' for runs whose recorded SLURM job is still queued or running (one squeue call)."""
-    recs = {s.run_id: _read_json(s.run_dir / JOB_FILE) for s in specs}
+    recs = {s.run_id: read_json(s.run_dir / JOB_FILE) for s in specs}
     ids = {r["job_id"]: rid for rid, r in recs.items() if r.get("executor") == "slurm" and r.get("job_id")}
     if not ids or shutil.which("squeue") is None:
         return {}
@@ -522,7 +492,7 @@ def _outcome_from(spec: RunSpec, job: Any, t0: float) -> Outcome:
         reason = lines[-1] if lines else type(e).__name__
         record_failure(spec.run_dir, spec.cfg, f"job {job.job_id}: {reason}")
     status = read_status(spec.run_dir)
-    state = status.get("state") or "failed"
+    state = status.get("state") or State.FAILED
     return Outcome(spec, state, str(status.get("reason") or reason), str(job.job_id), time.time() - t0)
 
 

@@ -7,13 +7,13 @@ last checkpoint; a failure is recorded in status.json with its reason and re-rai
 
 from __future__ import annotations
 
-import json
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
 from senseflow.config import RunConfig
+from senseflow.run_folder import State, read_status, run_path, write_status
 
 
 def run_id_for(cfg: RunConfig) -> str:
@@ -22,15 +22,7 @@ def run_id_for(cfg: RunConfig) -> str:
 
 
 def run_dir_for(cfg: RunConfig) -> Path:
-    return Path(cfg.output.root) / cfg.output.grid / run_id_for(cfg)
-
-
-def read_status(run_dir: Path) -> dict[str, Any]:
-    p = Path(run_dir) / "status.json"
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
+    return run_path(cfg.output.root, cfg.output.grid, run_id_for(cfg))
 
 
 def execute(cfg: RunConfig, run_dir: str | Path | None = None, *, progress: bool = True,
@@ -38,12 +30,12 @@ def execute(cfg: RunConfig, run_dir: str | Path | None = None, *, progress: bool
     """Train (or resume) and evaluate one run; returns its final status dict."""
     from senseflow.components import build_components
     from senseflow.parallel import launch_rank
-    from senseflow.train import train, write_status
+    from senseflow.train import train
 
     run_dir = Path(run_dir) if run_dir is not None else run_dir_for(cfg)
     run_id = run_dir.name
     status = read_status(run_dir)
-    if status.get("state") == "completed":
+    if status.get("state") == State.COMPLETED:
         return status
     try:
         from senseflow.distill import eight_bit_choice
@@ -52,22 +44,22 @@ def execute(cfg: RunConfig, run_dir: str | Path | None = None, *, progress: bool
         components = build_components(cfg, progress=progress)
         result = train(cfg, run_dir, components, run_id=run_id, progress=progress, stop_after=stop_after)
         ctx = result.distiller.parallel
-        if result.state != "completed" or not evaluate:
+        if result.state != State.COMPLETED or not evaluate:
             return read_status(run_dir)
         if ctx.is_main:
-            write_status(run_dir, cfg, run_id, state="evaluating")
+            write_status(run_dir, State.EVALUATING, cfg, run_id=run_id)
         t0 = time.time()
         from senseflow.evaluate import evaluate_run
 
         # every rank evaluates (the student may be sharded); rank 0 records
         evaluate_run(cfg, run_dir, result.distiller, components, progress=progress, main=ctx.is_main)
         if ctx.is_main:
-            write_status(run_dir, cfg, run_id, state="completed", finished=time.time(),
+            write_status(run_dir, State.COMPLETED, cfg, run_id=run_id, finished=time.time(),
                          eval_seconds=round(time.time() - t0, 2))
         ctx.barrier()
     except KeyboardInterrupt:
         if launch_rank() == 0:
-            write_status(run_dir, cfg, run_id, state="stopped", reason="interrupted")
+            write_status(run_dir, State.STOPPED, cfg, run_id=run_id, reason="interrupted")
         raise
     except Exception as e:
         if launch_rank() != 0:
@@ -75,7 +67,7 @@ def execute(cfg: RunConfig, run_dir: str | Path | None = None, *, progress: bool
         try:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "error.txt").write_text(traceback.format_exc())
-            write_status(run_dir, cfg, run_id, state="failed", reason=f"{type(e).__name__}: {e}"[:500],
+            write_status(run_dir, State.FAILED, cfg, run_id=run_id, reason=f"{type(e).__name__}: {e}"[:500],
                          finished=time.time())
         except OSError:
             pass  # a full disk or read-only folder: the original error is the one to report

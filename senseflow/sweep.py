@@ -67,7 +67,7 @@ from evals.store import file_lock
 from senseflow import config as config_mod
 from senseflow.config import ConfigError, RunConfig
 from senseflow.grid import apply_pairs, base_dict, fmt_value, is_locked, override_pairs, run_lock
-from senseflow.run import read_status
+from senseflow.run_folder import State, read_json, read_status, run_path, write_json_atomic, write_status
 
 TOP_LEVEL_KEYS = ("sweep", "description", "base", "overrides", "eval", "seed", "params", "objectives", "objective",
                   "label", "trials", "sampler", "pruner", "intermediate", "storage", "grid", "db")
@@ -143,7 +143,7 @@ class Sweep:
         return config_mod.build(apply_pairs(data, extra))
 
     def run_dir(self, cfg: RunConfig) -> Path:
-        return Path(cfg.output.root) / cfg.output.grid / cfg.identity_hash()
+        return run_path(cfg.output.root, cfg.output.grid, cfg.identity_hash())
 
     @property
     def results_dir(self) -> Path:
@@ -454,23 +454,21 @@ def run_trial(trial, sweep: Sweep, cfg: RunConfig, run_dir: Path, job: Callable[
         while True:
             status = job(cfg, run_dir, stop_after=every or None)
             state = status.get("state")
-            if not every or state != "stopped":
+            if not every or state != State.STOPPED:
                 break
             got = intermediate_value(run_dir, sweep)
             if got is not None:
                 trial.report(got[0], got[1])
                 if trial.should_prune():
-                    from senseflow.launch import update_status
-
-                    update_status(run_dir, cfg, state="stopped",
-                                  reason=f"pruned by optuna (trial {trial.number}) at iteration {got[1]}")
+                    write_status(run_dir, State.STOPPED, cfg,
+                                 reason=f"pruned by optuna (trial {trial.number}) at iteration {got[1]}")
                     return TrialState.PRUNED, None, f"pruned at {got[1]}"
     except Exception as e:
         from senseflow.launch import record_failure
 
         record_failure(run_dir, cfg, f"{type(e).__name__}: {e}")
         return TrialState.FAIL, None, f"failed: {type(e).__name__}: {e}"[:300]
-    if state != "completed":
+    if state != State.COMPLETED:
         status = read_status(run_dir)
         return TrialState.FAIL, None, f"{status.get('state') or state}: {status.get('reason') or ''}"[:300]
     values = objective_values(run_dir, sweep)
@@ -530,12 +528,10 @@ def run_worker(sweep_doc: dict, sweep_path: str | None, storage: str, target: in
 
 
 def _write_trial_note(run_dir: Path, sweep: Sweep, number: int, values: dict[str, Any]) -> None:
-    from senseflow.launch import _read_json, _write_json
-
     path = run_dir / "sweep.json"
-    cur = _read_json(path)
+    cur = read_json(path)
     trials = sorted(set(cur.get("trials", [])) | {number})
-    _write_json(path, {"study": sweep.name, "trials": trials, "params": values})
+    write_json_atomic(path, {"study": sweep.name, "trials": trials, "params": values})
 
 
 def _rebuild(doc: dict, path: str | None) -> Sweep:

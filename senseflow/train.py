@@ -6,13 +6,12 @@ Exact resume: a checkpoint holds the weights, the optimizers and the loop's own 
 still open and the divergence count), and lines logged after it are dropped on resume, so a run killed at
 any moment and resumed ends with the same weights and the same metrics.jsonl lines (all but `time`) as
 one that never stopped (tests/test_resume.py).
-Run folder (see evals.store): config.yaml, status.json, metrics.jsonl, checkpoints/iter_XXXXXXX/,
-samples/iter_XXXXXXX.png.
+Writes the run folder's files through senseflow.run_folder (status.json, metrics.jsonl,
+samples/iter_XXXXXXX.png) and senseflow.checkpoint (checkpoints/iter_XXXXXXX/).
 """
 
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -25,18 +24,14 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 
+from senseflow import checkpoint
 from senseflow import config as config_mod
 from senseflow import precision
 from senseflow.config import RunConfig
 from senseflow.distill import Batch, Distiller, finite, step_generator
 from senseflow.models.base import ModelBundle
-
-CHECKPOINT_PREFIX = "iter_"
-# Tests only: seconds save_checkpoint sleeps between writing a checkpoint's temp folder and renaming it, so
-# that a kill -9 test can land inside a checkpoint write (tests/test_resume.py). Unset in real runs.
-PAUSE_ENV = "SENSEFLOW_TEST_CHECKPOINT_PAUSE"
+from senseflow.run_folder import METRICS_FILE, PREVIEW_SIDE, State, save_png, write_status
 
 
 class DataSource(Protocol):
@@ -57,7 +52,7 @@ class Components:
 
 @dataclass
 class TrainResult:
-    state: str                       # completed | diverged | stopped
+    state: State                     # COMPLETED (all iterations done) | DIVERGED | STOPPED
     iteration: int                   # iterations done
     run_dir: Path
     distiller: Distiller
@@ -66,74 +61,6 @@ class TrainResult:
 
 
 # ----------------------------------------------------------------------------- files
-def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str))
-    os.replace(tmp, path)
-
-
-def checkpoints(run_dir: Path) -> list[Path]:
-    d = run_dir / "checkpoints"
-    if not d.is_dir():
-        return []
-    return sorted(p for p in d.iterdir() if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX)
-                  and (p / "trainer.json").is_file())
-
-
-def save_checkpoint(run_dir: Path, distiller: Distiller, iteration: int, keep: int, extra: dict | None = None) -> Path:
-    """Atomic: written into a temp folder, then renamed; older ones beyond `keep` are removed. Full
-    (unsharded) tensors: with several processes every rank takes part in gathering them and rank 0 writes."""
-    final = run_dir / "checkpoints" / f"{CHECKPOINT_PREFIX}{iteration:07d}"
-    weights = distiller.trainable_state()
-    optimizers = distiller.optimizer_state()
-    ctx = distiller.parallel
-    if ctx.is_main:
-        tmp = final.with_name(f".tmp-{final.name}-{os.getpid()}")
-        shutil.rmtree(tmp, ignore_errors=True)
-        try:
-            tmp.mkdir(parents=True)
-            for name, sd in weights.items():
-                save_file({k: v.detach().contiguous().cpu() for k, v in sd.items()}, str(tmp / f"{name}.safetensors"))
-            torch.save(optimizers, tmp / "optimizers.pt")
-            (tmp / "trainer.json").write_text(json.dumps({"iteration": iteration, "processes": ctx.world_size,
-                                                          **(extra or {})}))
-        except BaseException as e:
-            # a full disk or read-only folder: drop the partial copy (the last checkpoint stays as it was)
-            shutil.rmtree(tmp, ignore_errors=True)
-            if isinstance(e, OSError) or not isinstance(e, Exception):
-                raise
-            # safetensors and torch.save report failed writes as their own error types, not OSError
-            text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise OSError(errno.EIO, f"writing the checkpoint failed ({type(e).__name__}: {text})", str(tmp)) from e
-        pause = float(os.environ.get(PAUSE_ENV) or 0)
-        if pause > 0:  # tests only: widen the window in which a kill lands inside the write
-            time.sleep(pause)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
-        for old in checkpoints(run_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
-    ctx.barrier()
-    return final
-
-
-def load_checkpoint(path: Path, distiller: Distiller) -> int:
-    """Every rank reads the full tensors; sharded modules keep their own shards of them."""
-    where = "cpu" if distiller.parallel.distributed else str(distiller.device)
-    state = {}
-    for name in ("generator", "fake_score", "discriminator"):
-        f = path / f"{name}.safetensors"
-        if f.is_file():
-            state[name] = load_file(str(f), device=where)
-    distiller.load_trainable_state(state)
-    distiller.load_optimizer_state(torch.load(path / "optimizers.pt", map_location=where, weights_only=True))
-    return int(json.loads((path / "trainer.json").read_text())["iteration"])
-
-
-def trainer_state(path: Path) -> dict[str, Any]:
-    """The loop's own state saved with a checkpoint (trainer.json): iteration, the open logging window, ..."""
-    return json.loads((Path(path) / "trainer.json").read_text())
-
-
 def _metric_lines_up_to(path: Path, iteration: int) -> list[str]:
     """metrics.jsonl lines logged at or before `iteration`; a line cut short by a kill is dropped."""
     keep = []
@@ -145,31 +72,6 @@ def _metric_lines_up_to(path: Path, iteration: int) -> list[str]:
         if isinstance(row, dict) and row.get("iteration", 0) <= iteration:
             keep.append(ln)
     return keep
-
-
-def load_generator_weights(path: Path) -> dict[str, torch.Tensor]:
-    """The student's weights from a checkpoint folder (safetensors, no pickle)."""
-    return load_file(str(Path(path) / "generator.safetensors"))
-
-
-def code_version() -> str:
-    import subprocess
-
-    try:
-        here = Path(__file__).resolve().parent
-        out = subprocess.run(["git", "-C", str(here), "describe", "--always", "--dirty"], capture_output=True,
-                             text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
-    except Exception:
-        return "unknown"
-
-
-def write_status(run_dir: Path, cfg: RunConfig, run_id: str, **fields) -> None:
-    path = run_dir / "status.json"
-    current = json.loads(path.read_text()) if path.is_file() else {}
-    current.update({"run_id": run_id, "grid": cfg.output.grid, "variant": cfg.name, "seed": cfg.train.seed,
-                    "method": cfg.method, "code_version": code_version(), "host": os.uname().nodename}, **fields)
-    _write_json(path, current)
 
 
 # ----------------------------------------------------------------------------- samples
@@ -187,20 +89,6 @@ def sample_grid(distiller: Distiller, components: Components, cfg: RunConfig, n_
 
     grid = make_grid(torch.from_numpy(imgs).permute(0, 3, 1, 2), nrow=n_per_prompt, padding=0)
     return grid.permute(1, 2, 0)[..., :imgs.shape[-1]].numpy()  # make_grid repeats one channel to three
-
-
-def save_png(img: np.ndarray, path: Path) -> None:
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arr = img[..., 0] if img.shape[-1] == 1 else img
-    scale = max(1, 256 // max(arr.shape[:2]))
-    im = Image.fromarray(arr)
-    if scale > 1:
-        im = im.resize((arr.shape[1] * scale, arr.shape[0] * scale), Image.NEAREST)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    im.save(tmp)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -268,14 +156,14 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
     # the logging window and the divergence count are part of the state: a resumed run logs the same lines
     window: dict[str, list[float]] = {}
     bad = 0
-    ckpts = checkpoints(run_dir)
+    ckpts = checkpoint.checkpoints(run_dir)
     if ckpts:
-        _check_same_optimizer(run_dir, cfg, distiller)
-        start = load_checkpoint(ckpts[-1], distiller)
-        saved_loop = trainer_state(ckpts[-1])
+        checkpoint.check_same_optimizer(run_dir, cfg, distiller)
+        start = checkpoint.load(ckpts[-1], distiller)
+        saved_loop = checkpoint.trainer_state(ckpts[-1])
         window = {k: [float(x) for x in v] for k, v in (saved_loop.get("log_window") or {}).items()}
         bad = int(saved_loop.get("bad_iterations") or 0)
-    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path = run_dir / METRICS_FILE
     compute = (f"{cfg.train.mixed_precision} autocast" if use_cuda and cfg.train.mixed_precision != "no"
                else "stored dtype")
     cautions = precision.step_warnings(distiller, cfg)
@@ -284,7 +172,7 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
             print(f"warning: {line}", file=sys.stderr, flush=True)
         for stale in (run_dir / "checkpoints").glob(".tmp-*"):  # a write that a kill cut short
             shutil.rmtree(stale, ignore_errors=True)
-        write_status(run_dir, cfg, run_id, state="running", iteration=start, started=time.time(), reason="",
+        write_status(run_dir, State.RUNNING, cfg, run_id=run_id, iteration=start, started=time.time(), reason="",
                      resumed_from=start or None, device=str(accelerator.device), processes=ctx.world_size,
                      parallel=ctx.strategy, precision=precision.describe(distiller, cfg, compute),
                      optimizer=distiller.optimizer_info, warnings=cautions,
@@ -296,7 +184,7 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
             metrics_path.write_text("".join(k + "\n" for k in keep))
 
     end = cfg.train.iterations if stop_after is None else min(cfg.train.iterations, start + stop_after)
-    state, reason = "completed", ""
+    state, reason = State.COMPLETED, ""
     t0 = time.time()
 
     def loop_state() -> dict[str, Any]:
@@ -319,7 +207,7 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
             if not finite(m) or max(norms) > cfg.train.divergence_grad_norm:
                 bad += 1
                 if bad >= cfg.train.divergence_patience:
-                    state = "diverged"
+                    state = State.DIVERGED
                     reason = (f"iteration {it}: non-finite loss or gradient norm above "
                               f"{cfg.train.divergence_grad_norm:g} for {bad} iterations ({_short(m)})")
                     break
@@ -339,9 +227,9 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
                 window.clear()
             done = it + 1
             if done % cfg.train.checkpoint_every == 0 and done < cfg.train.iterations:
-                save_checkpoint(run_dir, distiller, done, cfg.train.keep_checkpoints, loop_state())
+                checkpoint.save(run_dir, distiller, done, cfg.train.keep_checkpoints, loop_state())
                 if main:
-                    write_status(run_dir, cfg, run_id, state="running", iteration=done)
+                    write_status(run_dir, State.RUNNING, cfg, run_id=run_id, iteration=done)
             if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.iterations:
                 from senseflow.evaluate import evaluate_run
 
@@ -350,47 +238,34 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
             if cfg.train.sample_every and done % cfg.train.sample_every == 0:
                 grid = sample_grid(distiller, components, cfg)  # every rank: G's forwards are collective
                 if grid is not None and main:
-                    save_png(grid, run_dir / "samples" / f"iter_{done:07d}.png")
+                    save_png(run_dir / "samples" / f"iter_{done:07d}.png", grid, min_side=PREVIEW_SIDE)
         else:
             it = end - 1
     bar.close()
     if trackers and main:
         accelerator.end_training()
     elapsed = time.time() - t0
-    done = it + 1 if state != "diverged" else it
-    if state == "diverged":
+    done = it + 1 if state != State.DIVERGED else it
+    if state == State.DIVERGED:
         if main:
-            write_status(run_dir, cfg, run_id, state="diverged", reason=reason, iteration=done, finished=time.time())
+            write_status(run_dir, State.DIVERGED, cfg, run_id=run_id, reason=reason, iteration=done,
+                         finished=time.time())
         ctx.barrier()
-        return TrainResult("diverged", done, run_dir, distiller, reason, elapsed)
+        return TrainResult(State.DIVERGED, done, run_dir, distiller, reason, elapsed)
     if done < cfg.train.iterations:
-        save_checkpoint(run_dir, distiller, done, cfg.train.keep_checkpoints, loop_state())
+        checkpoint.save(run_dir, distiller, done, cfg.train.keep_checkpoints, loop_state())
         if main:
-            write_status(run_dir, cfg, run_id, state="stopped", iteration=done)
+            write_status(run_dir, State.STOPPED, cfg, run_id=run_id, iteration=done)
         ctx.barrier()
-        return TrainResult("stopped", done, run_dir, distiller, "", elapsed)
-    save_checkpoint(run_dir, distiller, done, cfg.train.keep_checkpoints, {"final": True})
+        return TrainResult(State.STOPPED, done, run_dir, distiller, "", elapsed)
+    checkpoint.save(run_dir, distiller, done, cfg.train.keep_checkpoints, {"final": True})
     grid = sample_grid(distiller, components, cfg)
     if grid is not None and main:
-        save_png(grid, run_dir / "samples" / "final.png")
+        save_png(run_dir / "samples" / "final.png", grid, min_side=PREVIEW_SIDE)
     if main:
-        write_status(run_dir, cfg, run_id, state="trained", iteration=done, train_seconds=round(elapsed, 2))
+        write_status(run_dir, State.TRAINED, cfg, run_id=run_id, iteration=done, train_seconds=round(elapsed, 2))
     ctx.barrier()
-    return TrainResult("completed", done, run_dir, distiller, "", elapsed)
-
-
-def _check_same_optimizer(run_dir: Path, cfg: RunConfig, distiller: Distiller) -> None:
-    """A checkpoint's optimizer state only loads into the optimizer class that wrote it (optim.eight_bit=auto
-    may choose differently on another machine)."""
-    path = run_dir / "status.json"
-    before = (json.loads(path.read_text()).get("optimizer") or {}) if path.is_file() else {}
-    now = distiller.optimizer_info["class"]
-    if before.get("class") and before["class"] != now:
-        from senseflow.errors import UserError
-
-        raise UserError(f"{run_dir} was trained with {before['class']} and would resume with {now} "
-                        f"(optim.eight_bit={cfg.optim.eight_bit!r}); resume where the same optimizer is available "
-                        "(bitsandbytes for the 8-bit one) or start a new run folder")
+    return TrainResult(State.COMPLETED, done, run_dir, distiller, "", elapsed)
 
 
 def _short(m: dict[str, float]) -> str:

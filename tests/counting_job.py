@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from senseflow.launch import SmokeJob
-from senseflow.run import read_status
+from senseflow.run_folder import read_status
 
 
 class CountingJob(SmokeJob):

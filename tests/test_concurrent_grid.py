@@ -9,7 +9,7 @@ from pathlib import Path
 
 import yaml
 
-from senseflow.run import read_status
+from senseflow.run_folder import read_status
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -11,9 +11,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
-import senseflow.train as train_mod
+import senseflow.checkpoint as checkpoint_mod
 from senseflow.cli import main
-from senseflow.train import checkpoints
+from senseflow.checkpoint import checkpoints
 
 ARGS = ["train", "sd35-large-senseflow", "model.tiny=true", "train.iterations=6", "train.checkpoint_every=2",
         "train.log_every=2", "train.threads=1", "--no-evaluate", "--no-progress"]
@@ -27,7 +27,7 @@ def keep_threads():
 
 
 def _fail_after(monkeypatch, ok_calls: int, error):
-    real, calls = train_mod.save_file, []
+    real, calls = checkpoint_mod.save_file, []
 
     def save_file(tensors, path, *a, **k):
         calls.append(path)
@@ -35,7 +35,7 @@ def _fail_after(monkeypatch, ok_calls: int, error):
             raise error(path)
         return real(tensors, path, *a, **k)
 
-    monkeypatch.setattr(train_mod, "save_file", save_file)
+    monkeypatch.setattr(checkpoint_mod, "save_file", save_file)
 
 
 def _intact(run):

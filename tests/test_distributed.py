@@ -18,7 +18,8 @@ from safetensors.torch import load_file
 
 from senseflow import config as C
 from senseflow.components import build_components
-from senseflow.train import checkpoints, train
+from senseflow.checkpoint import checkpoints
+from senseflow.train import train
 
 WORKER = Path(__file__).with_name("dist_worker.py")
 TINY = ["model.tiny=true", "model.resolution=32", "train.batch_size=2", "eval.metrics=[]",

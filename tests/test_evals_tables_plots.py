@@ -9,6 +9,7 @@ from PIL import Image
 from scipy import stats
 
 from evals import store
+from senseflow.run_folder import write_status
 from evals.metrics import SampleSet
 from evals.plots import plot_metric_curves, plot_sample_grid, sample_grid_size
 from evals.tables import build_ablation_table
@@ -28,20 +29,20 @@ def db(tmp_path_factory):
         for seed, (fid_t, clip) in enumerate(rows):
             run = store.init_run(root, "abl", f"{variant[:3].replace('/', '')}-{seed}", {"name": variant, "seed": seed},
                                  variant=variant, seed=seed)
-            store.write_status(run, "running")
+            write_status(run, "running")
             for it in range(0, 101, 10):
                 store.log_metrics(run, it, {"loss_dmd": 5.0 / (1 + it) + seed + (variant == "w/o ISG")}, time=it * 36.0)
             store.record_eval(run, iteration=50, label="mid", metrics={"fid_t": fid_t * 2, "clip_score": clip - 0.01})
             store.record_eval(run, iteration=90, label="final", metrics={"fid_t": 99.0, "clip_score": 0.0})  # older
             store.record_eval(run, iteration=100, label="final", metrics={"fid_t": fid_t, "clip_score": clip},
                               intervals={"fid_t": [fid_t - 1.5, fid_t + 2.0]}, num_samples=500)
-            store.write_status(run, "completed", iteration=100)
+            write_status(run, "completed", iteration=100)
     bad = store.init_run(root, "abl", "Sens-div", {"name": "SenseFlow"}, variant="SenseFlow", seed=9)
     store.record_eval(bad, iteration=100, label="final", metrics={"fid_t": 1.0, "clip_score": 0.9})  # not counted
-    store.write_status(bad, "diverged", reason="NaN", iteration=40)
+    write_status(bad, "diverged", reason="NaN", iteration=40)
     other = store.init_run(root, "other", "x", {}, variant="SenseFlow", seed=0)
     store.record_eval(other, iteration=100, label="final", metrics={"fid_t": 0.1})
-    store.write_status(other, "completed")
+    write_status(other, "completed")
     store.sync(root)
     return root / store.DEFAULT_DB
 

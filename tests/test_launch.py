@@ -15,7 +15,7 @@ from senseflow.cli import main
 from senseflow.grid import cell_state, load_grid
 from senseflow.launch import (CellJob, SmokeJob, cores, default_parallel, export_torch_distributed, launch,
                               make_executor, resolve_job)
-from senseflow.run import read_status
+from senseflow.run_folder import read_status
 
 
 def grid_file(tmp_path: Path, iterations: int = 20, seeds=(0, 1), variants=("A", "B"), **over) -> Path:

@@ -24,7 +24,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
     from evals.metrics import SampleSet
-    from senseflow.train import save_png
+    from senseflow.run_folder import PREVIEW_SIDE, save_png
 
     tmp = tmp_path_factory.mktemp("report")
     results = tmp / "results"
@@ -39,7 +39,8 @@ def report(tmp_path_factory):
     rng = np.random.default_rng(0)
     prompts = ["a handwritten seven", "a handwritten two"]
     for run in runs:  # the smoke job trains nothing: give every run the images training and evaluation write
-        save_png(rng.integers(0, 255, (16, 64, 1), dtype=np.uint8), run / "samples" / "final.png")
+        save_png(run / "samples" / "final.png", rng.integers(0, 255, (16, 64, 1), dtype=np.uint8),
+                 min_side=PREVIEW_SIDE)
         for name in ("preview", "teacher_preview"):
             SampleSet.from_arrays(run / "eval_samples" / name, rng.integers(0, 255, (2, 8, 8, 1), dtype=np.uint8),
                                   prompts, [0, 0])

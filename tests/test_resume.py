@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from senseflow.train import PAUSE_ENV, checkpoints
+from senseflow.checkpoint import PAUSE_ENV, checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 # a tiny SD3.5 run: windows of 5 logged iterations straddle checkpoints every 3, as in the issue (25 vs 10)

@@ -16,7 +16,7 @@ from senseflow.cli import main
 from senseflow.config import ConfigError
 from senseflow.grid import load_grid
 from senseflow.launch import CellJob, SlurmProfile, SmokeJob, launch, load_profile, make_executor
-from senseflow.run import read_status
+from senseflow.run_folder import read_status
 
 REPO = Path(__file__).resolve().parents[1]
 CI_PROFILE = REPO / "slurm" / "ci.yaml"

@@ -3,11 +3,13 @@
 import json
 import multiprocessing as mp
 import os
+import time
 import warnings
 
 import pytest
 
 from evals import store
+from senseflow.run_folder import State, write_status
 
 
 def _writer(results_root: str, i: int, barrier) -> None:
@@ -17,7 +19,7 @@ def _writer(results_root: str, i: int, barrier) -> None:
     barrier.wait(timeout=60)
     run = store.init_run(results_root, grid, run_id, {"name": f"v{i % 4}", "train": {"seed": i // 4}, "lr": 1e-4},
                          variant=f"v{i % 4}", seed=i // 4)
-    store.write_status(run, "running", iteration=0)
+    write_status(run, State.RUNNING, iteration=0, started=time.time())
     for it in range(1, 11):
         store.log_metrics(run, it, {"loss": 1.0 / it + i, "grad_norm": float(it), "nested": {"a": it}}, time=0.1 * it)
     # a shared file appended by every job at once: lines must never interleave
@@ -26,7 +28,7 @@ def _writer(results_root: str, i: int, barrier) -> None:
                       num_samples=64)
     store.record_eval(run, iteration=10, label="final", metrics={"fid_t": 10.0 + i, "clip_score": 0.3},
                       intervals={"fid_t": [9.0, 11.0 + i]}, num_samples=64, checkpoint="checkpoints/iter_0000010")
-    store.write_status(run, "completed", iteration=10)
+    write_status(run, State.COMPLETED, iteration=10, finished=time.time())
 
 
 def _all_rows(db):
@@ -122,23 +124,8 @@ def test_sync_tolerates_broken_files(tmp_path):
     assert rows == [("fid", 2.0)]
 
 
-def test_status_rules_and_atomic_json(tmp_path):
-    run = tmp_path / "runs" / "grid1" / "abc"
-    st = store.write_status(run, "pending", variant="x", seed=3)
-    assert (st["run_id"], st["grid"], st["started"], st["finished"], st["state"]) == ("abc", "grid1", None, None, "pending")
-    st = store.write_status(run, "running", iteration=5)
-    started = st["started"]
-    st = store.write_status(run, "running", iteration=6)
-    assert st["started"] == started and st["finished"] is None and st["variant"] == "x"
-    st = store.write_status(run, "diverged", reason="loss is NaN at 7", iteration=7)
-    assert st["finished"] and st["reason"] == "loss is NaN at 7"
-    with pytest.raises(ValueError, match="state='bogus'"):
-        store.write_status(run, "bogus")
-    assert not [p for p in run.iterdir() if p.name.endswith(".tmp")]
-    with pytest.raises(ValueError, match="one path component"):
-        store.run_dir(tmp_path, "g", "a/b")
-    with pytest.raises(ValueError, match="relative name"):
-        store.run_dir(tmp_path, "../g", "a")
+def test_nested_grids_and_run_files_inside_runs(tmp_path):
+    write_status(tmp_path / "runs" / "grid1" / "abc", State.PENDING, run_id="abc", grid="grid1")
     nested = store.init_run(tmp_path, "digits/ablation", "r1", {"x": 1}, variant="v", seed=0)
     assert nested == tmp_path / "runs" / "digits" / "ablation" / "r1"
     (nested / "checkpoints" / "iter_1").mkdir(parents=True)

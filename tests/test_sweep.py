@@ -12,7 +12,7 @@ from optuna.trial import TrialState
 from senseflow.cli import main
 from senseflow.config import ConfigError
 from senseflow.launch import SmokeJob, smoke_metrics
-from senseflow.run import read_status
+from senseflow.run_folder import read_status
 from senseflow.sweep import load_sweep, open_study, run_sweep
 
 

@@ -9,7 +9,8 @@ from safetensors.torch import load_file
 from senseflow import config as C
 from senseflow.cli import main
 from senseflow.components import build_components
-from senseflow.train import checkpoints, train
+from senseflow.checkpoint import checkpoints
+from senseflow.train import train
 
 TINY = ["model.tiny=true", "model.resolution=32", "train.batch_size=2", "eval.metrics=[]",
         "train.mixed_precision=no", "gan.layers=null", "train.log_every=1", "optim.eight_bit=false"]

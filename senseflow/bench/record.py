@@ -28,7 +28,7 @@ def machine() -> dict:
 
 
 def header(name: str, threads: int, settings: dict) -> dict:
-    from senseflow.train import code_version
+    from senseflow.run_folder import code_version
 
     return {"benchmark": name, "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "machine": machine(), "threads": threads, "commit": code_version(),

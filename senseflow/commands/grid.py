@@ -66,7 +66,8 @@ def _final_metrics(run_dir: Path, limit: int = 3) -> str:
 
 
 def _table(grid: Grid, specs: list[RunSpec], detail: bool) -> dict[str, int]:
-    from senseflow.launch import JOB_FILE, _read_json, live_slurm_jobs
+    from senseflow.launch import live_slurm_jobs
+    from senseflow.run_folder import JOB_FILE, read_json
 
     live = live_slurm_jobs(specs)
     t = Table(show_edge=False, pad_edge=False, box=None, header_style="bold")
@@ -81,7 +82,7 @@ def _table(grid: Grid, specs: list[RunSpec], detail: bool) -> dict[str, int]:
         text = f"queued(job {live[s.run_id]})" if kind == "queued" else st.describe()
         counts[kind] = counts.get(kind, 0) + 1
         if detail:
-            rec = _read_json(s.run_dir / JOB_FILE)
+            rec = read_json(s.run_dir / JOB_FILE)
             job = f"{rec.get('executor', '')} {rec.get('job_id', '')}".strip()
             if rec.get("requeues"):
                 job += f" (requeued {rec['requeues']}x)"

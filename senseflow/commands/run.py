@@ -74,7 +74,7 @@ def _print_eval(folder: Path) -> None:
 
 def resolve_checkpoint(path: Path) -> tuple[Path, Path]:
     """(run_dir, checkpoint_dir) from a run folder (its latest checkpoint) or a checkpoint folder."""
-    from senseflow.train import checkpoints
+    from senseflow.checkpoint import checkpoints
 
     path = Path(path)
     if (path / "generator.safetensors").is_file():
@@ -99,7 +99,7 @@ def few_step_generator(cfg, sigma_table, anchor_indices: list[int] | None = None
 def load_student(path: Path):
     """(cfg, components, generator Denoiser, FewStepGenerator) from a run or checkpoint folder."""
     from senseflow.components import build_components
-    from senseflow.train import load_generator_weights
+    from senseflow.checkpoint import load_generator_weights
 
     run_dir, ckpt = resolve_checkpoint(path)
     cfg = config_mod.build(config_mod.load_yaml(run_dir / "config.yaml"))
@@ -139,7 +139,7 @@ def sample(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint
     import torch
     from torchvision.utils import make_grid
 
-    from senseflow.train import save_png
+    from senseflow.run_folder import PREVIEW_SIDE, save_png
 
     # everything the arguments alone decide is checked before the models load
     if steps is not None and steps < 1:
@@ -158,7 +158,8 @@ def sample(checkpoint: Path = typer.Argument(..., help="run folder or checkpoint
     imgs = components.render(sample_latents(components, student, few, list(prompt), n, seed, sampler))
     channels = imgs.shape[-1]
     grid = make_grid(torch.from_numpy(imgs).permute(0, 3, 1, 2), nrow=n, padding=0)
-    save_png(grid.permute(1, 2, 0)[..., :channels].numpy(), out)  # make_grid repeats one channel to three
+    # make_grid repeats one channel to three
+    save_png(out, grid.permute(1, 2, 0)[..., :channels].numpy(), min_side=PREVIEW_SIDE)
     typer.echo(f"wrote {out} ({len(prompt)} prompts x {n} samples, {few.num_steps} {sampler} steps)")
 
 
@@ -189,9 +190,8 @@ def eval_cmd(run: Path = typer.Argument(..., help="run folder or checkpoint fold
              label: str = typer.Option("manual", help="label stored with the evaluation"),
              progress: bool = typer.Option(True)):
     """Evaluate a checkpoint and record it in the run's eval.json."""
-    from senseflow.distill import Distiller
+    from senseflow import checkpoint
     from senseflow.evaluate import evaluate_run
-    from senseflow.train import load_checkpoint
 
     run_dir, ckpt = resolve_checkpoint(run)
     cfg = config_mod.build(config_mod.load_yaml(run_dir / "config.yaml"))
@@ -207,9 +207,7 @@ def eval_cmd(run: Path = typer.Argument(..., help="run folder or checkpoint fold
     eight_bit_choice(cfg.optim)  # the checkpoint's optimizer state needs the same optimizer: check before loading
 
     components = build_components(cfg, progress=progress)
-    b = components.bundle
-    distiller = Distiller(cfg, b.teacher, b.text_encoder, b.codec, b.sigma_table,
-                          make_discriminator=components.make_discriminator)
-    iteration = load_checkpoint(ckpt, distiller)
-    evaluate_run(cfg, run_dir, distiller, components, progress=progress, label=label, iteration=iteration)
+    restored = checkpoint.restore(run_dir, components, cfg=cfg, checkpoint=ckpt)
+    evaluate_run(cfg, run_dir, restored.distiller, components, progress=progress, label=label,
+                 iteration=restored.iteration)
     _print_eval(run_dir)

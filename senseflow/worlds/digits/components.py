@@ -136,9 +136,8 @@ def record_reference_rows(world, runs_root, grid: str) -> list:
     """Write run folders (state completed) holding the world's own figures, so tables list them as rows.
 
     Their ids are fixed per world, so calling this again overwrites the same folders."""
-    from pathlib import Path
-
-    from evals.store import record_eval, write_json_atomic
+    from evals.store import record_eval
+    from senseflow.run_folder import State, run_path, write_status
 
     figs = world.figures
     out = []
@@ -163,10 +162,10 @@ def record_reference_rows(world, runs_root, grid: str) -> list:
                 metrics[metric] = v["value"] if isinstance(v, dict) else v
                 if isinstance(v, dict) and v.get("low") is not None:
                     intervals[metric] = [v["low"], v["high"]]
-        run_dir = Path(runs_root) / grid / f"{key}-{world.config.config_hash()}"
+        run_dir = run_path(runs_root, grid, f"{key}-{world.config.config_hash()}")
         run_dir.mkdir(parents=True, exist_ok=True)
-        write_json_atomic(run_dir / "status.json", {"run_id": run_dir.name, "grid": grid, "variant": name, "seed": 0,
-                                                    "state": "completed", "reason": "", "method": "reference"})
+        write_status(run_dir, State.COMPLETED, run_id=run_dir.name, grid=grid, variant=name, seed=0, reason="",
+                     method="reference")
         import yaml
 
         (run_dir / "config.yaml").write_text(yaml.safe_dump({"name": name, "method": "reference",
