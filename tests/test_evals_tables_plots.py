@@ -9,7 +9,7 @@ from PIL import Image
 from scipy import stats
 
 from evals import store
-from evals.metrics import SampleSet
+from evals.sample_set import SampleSet
 from evals.plots import plot_metric_curves, plot_sample_grid, sample_grid_size
 from evals.tables import build_ablation_table
 

@@ -69,7 +69,7 @@ def write_previews(world, distiller, cfg: RunConfig, run_dir) -> None:
     """Small sample sets for the teacher-vs-configurations grid (same prompts and seeds in every run)."""
     from pathlib import Path
 
-    from evals.metrics import SampleSet
+    from evals.sample_set import SampleSet
 
     prompts = [p for p in _preview_prompts(world) for _ in range(PREVIEW_SEEDS)]
     seeds = [s for _ in _preview_prompts(world) for s in range(PREVIEW_SEEDS)]
