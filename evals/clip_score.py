@@ -16,7 +16,8 @@ import numpy as np
 import torch
 
 from . import _openclip
-from .metrics import PromptImageScore, resolve_weights, to_pil_list
+from .metric import PromptImageScore, to_pil_list
+from .weights import resolve_weights
 
 __all__ = ["ClipScore"]
 

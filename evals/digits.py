@@ -19,15 +19,22 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 
-if TYPE_CHECKING:  # pragma: no cover
-    from senseflow.worlds.digits import DigitsWorld
-
 Tensor = torch.Tensor
+
+
+class DigitsWorld(Protocol):
+    """What these metrics read of a world (senseflow.worlds.digits.DigitsWorld has it; this module does not
+    import the world, which computes its own figures with these metrics)."""
+
+    classifier: Any   # features(images) -> (N, D), predict(images) -> (N,) labels
+    data: Any         # .held_out.images: the held-out real digits
+    reference: Any    # .samples, .prompts, .labels: the teacher's reference set
+    config: Any       # .reference.bootstrap: default bootstrap resamples
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ def _check_images(images: Tensor) -> Tensor:
     return images.detach().float().cpu().clamp(-1, 1)
 
 
-def classifier_features(images: Tensor, world: "DigitsWorld") -> np.ndarray:
+def classifier_features(images: Tensor, world: DigitsWorld) -> np.ndarray:
     """(N, D) float64 penultimate features of the evaluation classifier."""
     return world.classifier.features(_check_images(images)).double().numpy()
 
@@ -121,7 +128,7 @@ def fid_from_features(feats_a: np.ndarray, feats_b: np.ndarray, bootstrap: int =
     return FIDResult(value, low, high, len(feats_a), len(feats_b))
 
 
-def fid(images: Tensor, reference: Tensor, world: "DigitsWorld", bootstrap: int | None = None,
+def fid(images: Tensor, reference: Tensor, world: DigitsWorld, bootstrap: int | None = None,
         seed: int = 0, resample: str = "both") -> FIDResult:
     """FID between two image sets in the classifier's feature space (see `fid_from_features` for `resample`)."""
     b = world.config.reference.bootstrap if bootstrap is None else bootstrap
@@ -129,12 +136,12 @@ def fid(images: Tensor, reference: Tensor, world: "DigitsWorld", bootstrap: int 
                              resample=resample)
 
 
-def fid_real(images: Tensor, world: "DigitsWorld", bootstrap: int | None = None, seed: int = 0) -> FIDResult:
+def fid_real(images: Tensor, world: DigitsWorld, bootstrap: int | None = None, seed: int = 0) -> FIDResult:
     """FID against the held-out real digits (a fixed yardstick: only `images` are resampled)."""
     return fid(images, world.data.held_out.images, world, bootstrap, seed, resample="first")
 
 
-def fid_t(images: Tensor, world: "DigitsWorld", bootstrap: int | None = None, seed: int = 0) -> FIDResult:
+def fid_t(images: Tensor, world: DigitsWorld, bootstrap: int | None = None, seed: int = 0) -> FIDResult:
     """FID-T: against the teacher's cached reference samples. `images[i]` must come from
     `world.reference.prompts[i]` and `world.reference.noise[i]` (same prompts and seeds); paired bootstrap."""
     ref = world.reference.samples
@@ -144,14 +151,14 @@ def fid_t(images: Tensor, world: "DigitsWorld", bootstrap: int | None = None, se
     return fid(images, ref, world, bootstrap, seed, resample="paired")
 
 
-def prompt_accuracy(images: Tensor, labels: Tensor | list[int], world: "DigitsWorld") -> float:
+def prompt_accuracy(images: Tensor, labels: Tensor | list[int], world: DigitsWorld) -> float:
     """Share of images the classifier labels as their prompted digit."""
     labels = torch.as_tensor(labels, dtype=torch.int64)
     pred = world.classifier.predict(_check_images(images))
     return float((pred == labels).float().mean())
 
 
-def per_prompt_diversity(images: Tensor, prompts: list[str], world: "DigitsWorld") -> dict:
+def per_prompt_diversity(images: Tensor, prompts: list[str], world: DigitsWorld) -> dict:
     """Mean pairwise feature distance among samples of the same prompt: {"mean": float, "per_prompt": {prompt: d}}.
     Prompts with a single sample are skipped."""
     feats = torch.as_tensor(classifier_features(images, world))
@@ -170,7 +177,7 @@ def per_prompt_diversity(images: Tensor, prompts: list[str], world: "DigitsWorld
     return {"mean": mean, "per_prompt": per}
 
 
-def evaluate_samples(images: Tensor, world: "DigitsWorld", prompts: list[str] | None = None,
+def evaluate_samples(images: Tensor, world: DigitsWorld, prompts: list[str] | None = None,
                      labels: Tensor | list[int] | None = None, bootstrap: int | None = None) -> dict:
     """All digits metrics for samples drawn on the world's reference prompts and seeds (the default) or on
     given prompts/labels (then FID-T is left out unless the count matches the reference)."""

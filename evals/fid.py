@@ -32,7 +32,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from .metrics import Metric, MetricResult, SampleSet, bootstrap_interval, resolve_weights
+from .metric import Metric, MetricResult, bootstrap_interval
+from .sample_set import SampleSet
+from .weights import resolve_weights
 
 __all__ = [
     "FeatureExtractor", "CropSpec", "FeatureCache", "inception_extractor", "random_inception_extractor",

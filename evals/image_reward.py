@@ -27,7 +27,8 @@ import torch
 from torch import nn
 
 from ._imagereward_compat import load_imagereward_modules, offline_blip_tokenizer
-from .metrics import PromptImageScore, resolve_weights, to_pil_list
+from .metric import PromptImageScore, to_pil_list
+from .weights import resolve_weights
 
 __all__ = ["ImageRewardScore", "MED_CONFIG"]
 

@@ -21,7 +21,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .metrics import PromptImageScore, resolve_weights, to_pil_list
+from .metric import PromptImageScore, to_pil_list
+from .weights import resolve_weights
 
 __all__ = ["PickScore", "clip_bpe_tokenizer", "clip_processor"]
 

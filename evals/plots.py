@@ -25,7 +25,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from .grid_view import GridView, grid_view
-from .metrics import SampleSet, higher_is_better
+from .metrics import higher_is_better
+from .sample_set import SampleSet
 from .store import query
 
 __all__ = ["plot_metric_curves", "plot_sample_grid", "plot_grid_samples", "plot_ablation", "sample_grid_size"]

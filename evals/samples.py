@@ -18,7 +18,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .metrics import MANIFEST, Sample, SampleSet, read_manifest, save_png
+from .sample_set import MANIFEST, Sample, SampleSet, read_manifest, save_png
 from .store import append_jsonl
 
 __all__ = ["generate_samples", "load_prompts", "load_coco_captions", "GenerateFn"]

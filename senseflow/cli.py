@@ -6,13 +6,13 @@ fix, and exit with status 2; nothing already done is lost.
 
 from __future__ import annotations
 
-import importlib
 import sys
 
 import typer
 from rich.console import Console
 
 from senseflow import config as config_mod
+from senseflow.commands import bench, grid, plan, results, run, sweep, world
 
 # -h everywhere: click hands help_option_names down from the top context to every subcommand
 app = typer.Typer(help="SenseFlow distillation: train, evaluate, run grids and sweeps, query results.",
@@ -22,15 +22,15 @@ config_app = typer.Typer(help="Show and check run configurations.", no_args_is_h
 app.add_typer(config_app, name="config")
 err = Console(stderr=True)
 
-# sub-apps living in their own modules: (module, attribute, name, help)
-_SUBAPPS = [
-    ("senseflow.commands.world", "app", "world", "Build the embedded worlds (digits)."),
-    ("senseflow.commands.run", "app", None, None),
-    ("senseflow.commands.plan", "app", None, None),
-    ("senseflow.commands.results", "app", "results", "Sync, query and tabulate results."),
-    ("senseflow.commands.grid", "app", "grid", "Plan, run and inspect experiment grids."),
-    ("senseflow.commands.sweep", "app", "sweep", "Optuna sweeps over hyperparameters."),
-    ("senseflow.commands.bench", "app", None, None),
+# sub-apps living in their own modules: (app, group name, help); no group name: the app's commands join the top level
+_SUBAPPS: list[tuple[typer.Typer, str | None, str | None]] = [
+    (world.app, "world", "Build the embedded worlds (digits)."),
+    (run.app, None, None),
+    (plan.app, None, None),
+    (results.app, "results", "Sync, query and tabulate results."),
+    (grid.app, "grid", "Plan, run and inspect experiment grids."),
+    (sweep.app, "sweep", "Optuna sweeps over hyperparameters."),
+    (bench.app, None, None),
 ]
 
 
@@ -64,14 +64,7 @@ def config_presets():
 
 
 def _register() -> None:
-    for module, attr, name, help_ in _SUBAPPS:
-        try:
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as e:
-            if e.name == module:
-                continue
-            raise
-        sub = getattr(mod, attr)
+    for sub, name, help_ in _SUBAPPS:
         if name is None:
             for cmd in sub.registered_commands:
                 app.registered_commands.append(cmd)
@@ -83,14 +76,11 @@ _register()
 
 
 def _known_errors() -> tuple[type[BaseException], ...]:
-    errors: list[type[BaseException]] = [config_mod.ConfigError]
-    for module, name in (("senseflow.models.loading", "ModelNotAvailableError"), ("evals.metrics", "MissingWeightsError"),
-                         ("senseflow.errors", "UserError")):
-        try:
-            errors.append(getattr(importlib.import_module(module), name))
-        except (ImportError, AttributeError):
-            pass
-    return tuple(errors)
+    from evals.weights import MissingWeightsError
+    from senseflow.errors import UserError
+    from senseflow.models.loading import ModelNotAvailableError
+
+    return (config_mod.ConfigError, ModelNotAvailableError, MissingWeightsError, UserError)
 
 
 def _click_errors() -> tuple[type[BaseException], ...]:

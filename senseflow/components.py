@@ -9,34 +9,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from senseflow.config import RunConfig
 from senseflow.precision import DTYPES as _DTYPES
-from senseflow.train import Components
-
-
-def to_uint8(pixels: torch.Tensor) -> np.ndarray:
-    """(B, C, H, W) in [-1, 1] -> uint8 (B, H, W, C)."""
-    x = ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return x.permute(0, 2, 3, 1).cpu().numpy()
-
-
-def make_discriminator_factory(cfg: RunConfig, backbone, text_dim: int, image_size: int,
-                               latent_size: tuple[int, int], text_encoder=None):
-    """A factory fake_score -> discriminator for cfg.gan.kind (None when the GAN is off). text_encoder: D's own
-    text encoder for gan.text_condition=clip (None: loaded from gan.text_encoder)."""
-    if cfg.gan.kind == "none":
-        return None
-    from senseflow.discriminators import build_discriminator
-
-    def make(fake_score):
-        return build_discriminator(cfg.gan, fake_score, text_dim=text_dim,
-                                   backbone=backbone if not isinstance(backbone, str) else None,
-                                   image_size=image_size, latent_size=latent_size,
-                                   hidden_channels=cfg.gan.hidden_channels, text_encoder=text_encoder)
-    return make
+from senseflow.world import Components, make_discriminator_factory, to_uint8
 
 
 def build_components(cfg: RunConfig, progress: bool = True, with_data: bool = True) -> Components:

@@ -1,7 +1,7 @@
 """Evaluate a trained student and record the result in its run folder (eval.json).
 
-A world supplies its own evaluator through `Components.extra["evaluate"]`
-(callable(distiller, cfg, sampler, progress) -> (metrics, intervals, num_samples)); the digits world
+A world supplies its own evaluator through `Components.evaluate` (a senseflow.world.Evaluator:
+(distiller, cfg, sampler, progress) -> (metrics, intervals, num_samples)); the digits world
 measures FID-T, FID, prompt accuracy and diversity in its classifier's feature space. Real teachers use
 the evals/ metric modules on generated PNGs (`evaluate_images`).
 """
@@ -39,7 +39,7 @@ def _evaluate(cfg, run_dir: Path, distiller, components, progress, label, iterat
               sample_root: Path) -> dict[str, dict]:
     from evals.store import record_eval
 
-    evaluator = components.extra.get("evaluate")
+    evaluator = components.evaluate
     if evaluator is None:
         evaluator = _images_evaluator(cfg, components, sample_root)
     if iteration is None:
@@ -60,7 +60,7 @@ def _evaluate(cfg, run_dir: Path, distiller, components, progress, label, iterat
     if main:
         record_eval(run_dir, iteration=iteration, label=label, metrics=metrics_all, intervals=intervals_all,
                     num_samples=n, checkpoint=f"checkpoints/iter_{iteration:07d}")
-    after = components.extra.get("after_eval")
+    after = components.after_eval
     if after is not None and previews:
         after(distiller, sample_root)  # samples the student: every rank, rank 0 into the run folder
     return results

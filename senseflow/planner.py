@@ -216,7 +216,7 @@ def build_distiller(cfg: RunConfig, parts: RunParts, *, fake: bool, checkpointin
     or on `device` (built on meta, then filled there: a full-size model never passes through host memory).
 
     Returns (distiller, text_stub)."""
-    from senseflow.components import make_discriminator_factory
+    from senseflow.world import make_discriminator_factory
     from senseflow.distill import Distiller
     from senseflow.models.flux import FluxDenoiser
     from senseflow.models.loading import sigma_table_for
@@ -562,7 +562,7 @@ def _disc_text_tower(cfg: RunConfig, make):
 
 
 def _disc_head_params(cfg: RunConfig, parts: RunParts) -> int:
-    from senseflow.components import make_discriminator_factory
+    from senseflow.world import make_discriminator_factory
     from senseflow.models.loading import sigma_table_for
     from senseflow.models.sd3 import SD3Denoiser
 

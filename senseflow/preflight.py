@@ -14,7 +14,7 @@ from pathlib import Path
 
 from senseflow.config import RunConfig
 
-# metric name -> evals.metrics.WEIGHTS entries it reads (FID-type metrics share the Inception network)
+# metric name -> evals.weights.WEIGHTS entries it reads (FID-type metrics share the Inception network)
 METRIC_WEIGHTS = {"fid": ("inception",), "kid": ("inception",), "fid_t": ("inception",), "patch_fid_t": ("inception",),
                   "clip_score": ("clip_score",), "hps": ("hps_v2.1",), "image_reward": ("image_reward",),
                   "pickscore": ("pickscore", "pickscore_processor")}
@@ -92,7 +92,7 @@ def backbone_inputs(cfg: RunConfig) -> list[Input]:
 
 def metric_inputs(cfg: RunConfig) -> list[Input]:
     try:
-        from evals import metrics as M
+        from evals import weights as M
     except ImportError:
         return []
     out, seen = [], set()

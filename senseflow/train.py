@@ -18,9 +18,9 @@ import os
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,24 +30,8 @@ from senseflow import config as config_mod
 from senseflow import precision
 from senseflow.config import RunConfig
 from senseflow.distill import Batch, Distiller, finite, step_generator
-from senseflow.models.base import ModelBundle
 from senseflow.run_folder import METRICS_FILE, PREVIEW_SIDE, State, save_png, write_status
-
-
-class DataSource(Protocol):
-    def batch(self, iteration: int, batch_size: int, generator: torch.Generator) -> Batch: ...
-
-
-@dataclass
-class Components:
-    """What a run needs besides its config, built by senseflow.components for a world or family."""
-
-    bundle: ModelBundle
-    data: DataSource
-    make_discriminator: Callable | None = None
-    render: Callable[[torch.Tensor], np.ndarray] | None = None   # latents -> uint8 (B, H, W, C)
-    sample_prompts: list[str] = field(default_factory=list)
-    extra: dict[str, Any] = field(default_factory=dict)
+from senseflow.world import Components
 
 
 @dataclass

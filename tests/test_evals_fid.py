@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from evals import fid as F
-from evals.metrics import MissingWeightsError, SampleSet, resolve_weights
+from evals.sample_set import SampleSet
+from evals.weights import MissingWeightsError, resolve_weights
 
 
 def _images(n, seed, shift=0.0, size=32):

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from evals import metrics as M
-from evals.metrics import SampleSet
+from evals.metric import MetricResult, bootstrap_interval, mean_interval
+from evals.sample_set import SampleSet
 from evals.samples import generate_samples, load_coco_captions, load_prompts
 
 
@@ -106,18 +107,18 @@ def test_prompt_loaders(tmp_path):
 
 
 def test_intervals_directions_and_flatten():
-    m, lo, hi = M.mean_interval([1.0, 2.0, 3.0, 4.0])
+    m, lo, hi = mean_interval([1.0, 2.0, 3.0, 4.0])
     assert m == 2.5 and hi - m == pytest.approx(1.96 * np.std([1, 2, 3, 4], ddof=1) / 2)
-    assert M.mean_interval([5.0]) == (5.0, 5.0, 5.0)
+    assert mean_interval([5.0]) == (5.0, 5.0, 5.0)
     rng_stat = lambda rng: float(rng.normal())  # noqa: E731
-    assert M.bootstrap_interval(rng_stat, 50, seed=1) == M.bootstrap_interval(rng_stat, 50, seed=1)
-    assert M.bootstrap_interval(rng_stat, 1) is None
+    assert bootstrap_interval(rng_stat, 50, seed=1) == bootstrap_interval(rng_stat, 50, seed=1)
+    assert bootstrap_interval(rng_stat, 1) is None
     for name, up in [("fid", False), ("fid_t", False), ("patch_fid_t", False), ("kid", False), ("fid_t@euler", False),
                      ("clip_score", True), ("hps", True), ("pickscore", True), ("image_reward", True),
                      ("loss_dmd", False), ("prompt_accuracy", True), ("something_new", True)]:
         assert M.higher_is_better(name) is up, name
-    r1 = M.MetricResult({"fid": 3.0}, {"fid": (2.0, 4.0)}, num_samples=10)
-    r2 = M.MetricResult({"clip_score": 0.3}, {"clip_score": (0.29, 0.31)}, num_samples=10)
+    r1 = MetricResult({"fid": 3.0}, {"fid": (2.0, 4.0)}, num_samples=10)
+    r2 = MetricResult({"clip_score": 0.3}, {"clip_score": (0.29, 0.31)}, num_samples=10)
     assert M.flatten_results({"fid": r1, "clip_score": r2}) == (
         {"fid": 3.0, "clip_score": 0.3}, {"fid": [2.0, 4.0], "clip_score": [0.29, 0.31]}, 10)
 

@@ -6,7 +6,10 @@ import pytest
 import torch
 
 from evals import metrics as M
-from evals.metrics import MissingWeightsError, SampleSet
+from evals import weights as W
+from evals.metric import mean_interval
+from evals.sample_set import SampleSet
+from evals.weights import MissingWeightsError
 
 PROMPTS = ["a red cube on a table", "a handwritten seven", "a photo of a cat wearing a hat", "sunset"]
 
@@ -74,7 +77,7 @@ def test_score_deterministic_batched_and_compute(name, models, sample_set):
     assert set(r) == {name} and r.num_samples == 6 and r.per_sample[name].shape == (6,)
     lo, hi = r.intervals[name]
     assert lo <= r[name] <= hi
-    mean, lo2, hi2 = M.mean_interval(r.per_sample[name])
+    mean, lo2, hi2 = mean_interval(r.per_sample[name])
     assert (r[name], lo, hi) == (mean, lo2, hi2)
     assert M.higher_is_better(name)
 
@@ -140,8 +143,8 @@ def test_missing_weights_offline_one_clear_error(name, tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.cache/hpsv2, ~/.cache/ImageReward
     monkeypatch.setenv("SENSEFLOW_WEIGHTS_DIR", str(tmp_path / "weights"))
     monkeypatch.delenv(env, raising=False)
-    monkeypatch.setattr(M, "_hub_cached_file", lambda repo, filename: None)
-    monkeypatch.setattr(M, "resolve_hub_dir", lambda repo: None)
+    monkeypatch.setattr(W, "_hub_cached_file", lambda repo, filename: None)
+    monkeypatch.setattr(W, "resolve_hub_dir", lambda repo: None)
     with pytest.raises(MissingWeightsError) as e:
         build()
     msg = str(e.value)

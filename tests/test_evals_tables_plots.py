@@ -10,7 +10,7 @@ from scipy import stats
 
 from evals import store
 from senseflow.run_folder import write_status
-from evals.metrics import SampleSet
+from evals.sample_set import SampleSet
 from evals.plots import plot_metric_curves, plot_sample_grid, sample_grid_size
 from evals.tables import build_ablation_table
 

@@ -23,7 +23,7 @@ FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-
 
 @pytest.fixture(scope="module")
 def report(tmp_path_factory):
-    from evals.metrics import SampleSet
+    from evals.sample_set import SampleSet
     from senseflow.run_folder import PREVIEW_SIDE, save_png
 
     tmp = tmp_path_factory.mktemp("report")

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from senseflow.config import RunConfig
+from senseflow.world import Components
 
 # hidden 512 (8 heads of 64): joint blocks of SD3.5 Medium's form, 6 deep
 MID_SD3 = dict(patch_size=2, in_channels=16, out_channels=16, num_layers=6, attention_head_dim=64,
@@ -42,7 +43,7 @@ PRESETS = {  # (world, method) -> preset
 class Setup:
     world: str
     cfg: RunConfig
-    components: object  # senseflow.train.Components
+    components: Components
     params: int         # the teacher's parameters
 
 

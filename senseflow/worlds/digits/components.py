@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 
 from senseflow.config import RunConfig
 from senseflow.distill import Batch
-from senseflow.train import Components
+from senseflow.world import Components, make_discriminator_factory, to_uint8
 
 PREVIEW_PROMPTS = 10   # one held-out prompt per digit in the sample grids
 PREVIEW_SEEDS = 6
@@ -23,12 +22,6 @@ class DigitsDataSource:
     def batch(self, iteration: int, batch_size: int, generator: torch.Generator) -> Batch:
         b = self.world.sample_batch(batch_size, generator, split="train")
         return Batch(b.images, b.images, self.world.encode(list(b.prompts)), list(b.prompts))
-
-
-def _render(x: torch.Tensor) -> np.ndarray:
-    from senseflow.components import to_uint8
-
-    return to_uint8(x)
 
 
 def _preview_prompts(world) -> list[str]:
@@ -76,7 +69,7 @@ def write_previews(world, distiller, cfg: RunConfig, run_dir) -> None:
     """Small sample sets for the teacher-vs-configurations grid (same prompts and seeds in every run)."""
     from pathlib import Path
 
-    from evals.metrics import SampleSet
+    from evals.sample_set import SampleSet
 
     prompts = [p for p in _preview_prompts(world) for _ in range(PREVIEW_SEEDS)]
     seeds = [s for _ in _preview_prompts(world) for s in range(PREVIEW_SEEDS)]
@@ -88,14 +81,15 @@ def write_previews(world, distiller, cfg: RunConfig, run_dir) -> None:
     teacher = world.sample_teacher(prompts, noise)
     root = Path(run_dir) / "eval_samples"
     for name, imgs, model in (("preview", student, cfg.name), ("teacher_preview", teacher, "teacher")):
-        SampleSet.from_arrays(root / name, _render(imgs.clamp(-1, 1)), prompts, seeds, model=model,
+        SampleSet.from_arrays(root / name, to_uint8(imgs.clamp(-1, 1)), prompts, seeds, model=model,
                               steps=len(cfg.generator.anchor_indices) if name == "preview" else 50,
                               sampler=cfg.generator.sampler if name == "preview" else "euler")
 
 
 def digits_components(cfg: RunConfig, progress: bool = True) -> Components:
     from senseflow.errors import UserError
-    from senseflow.worlds.digits import DigitsWorldConfig, build_world
+    from senseflow.worlds.digits.config import DigitsWorldConfig
+    from senseflow.worlds.digits.world import build_world
 
     # model.teacher names the world's configuration: "" (the default world) or "quick" (tests, smoke runs)
     worlds = {"": None, "default": None, "quick": DigitsWorldConfig.quick}
@@ -110,8 +104,6 @@ def digits_components(cfg: RunConfig, progress: bool = True) -> Components:
 def world_components(cfg: RunConfig, world) -> Components:
     """The run components of `cfg` on an already built (or loaded) digits world; `digits_components` builds
     the world that cfg.model.teacher names, then calls this."""
-    from senseflow.components import make_discriminator_factory
-
     bundle = world.bundle
     backbone = None
     if cfg.gan.kind == "vfm":
@@ -121,9 +113,9 @@ def world_components(cfg: RunConfig, world) -> Components:
         bundle=bundle, data=DigitsDataSource(world),
         make_discriminator=make_discriminator_factory(cfg, backbone, pooled, bundle.latent_shape[-1],
                                                       bundle.latent_shape[-2:]),
-        render=_render, sample_prompts=_preview_prompts(world),
-        extra={"evaluate": make_evaluator(world), "world": world,
-               "after_eval": lambda distiller, run_dir: write_previews(world, distiller, cfg, run_dir)})
+        render=to_uint8, sample_prompts=_preview_prompts(world),
+        evaluate=make_evaluator(world),
+        after_eval=lambda distiller, run_dir: write_previews(world, distiller, cfg, run_dir))
 
 
 REFERENCE_ROWS = {
