@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, computed_field, field_validator,
                       model_validator)
 
 
@@ -204,9 +204,9 @@ class TrainConfig(_Strict):
 
 
 class DataConfig(_Strict):
-    kind: Literal["digits", "image_text_folder", "image_text_jsonl"] = "digits"
-    path: str = Field("", description="folder or jsonl of (image, caption) pairs for real teachers")
-    num_workers: int = Field(0, ge=0)
+    path: str = Field("", description=(
+        "real teachers' (image, caption) pairs: a folder of images with same-named .txt captions, or a .jsonl "
+        "file (the digits world builds its own data)"))
     latents: Literal["posterior_sample", "posterior_mean"] = Field("posterior_sample", description=(
         "real latents from the VAE: a draw from its posterior (the authors and DMD2) or the posterior mean"))
 
@@ -222,6 +222,11 @@ class EvalConfig(_Strict):
         "local weight files of the metric models: inception, clip_score, hps, pickscore, pickscore_processor, "
         "image_reward (or SENSEFLOW_*_WEIGHTS / SENSEFLOW_WEIGHTS_DIR)"))
     patch_size: int = Field(299, ge=8, description="crop size of patch FID-T (full-resolution crops)")
+    teacher_steps: int = Field(28, ge=1, description=(
+        "Euler steps of the teacher's reference samples (FID-T and the other reference metrics; SD3.5's default "
+        "step count; real and tiny families, the digits world has its own reference set)"))
+    teacher_guidance: float = Field(4.5, ge=0.0, description=(
+        "the teacher's single guidance scale for its reference samples (FLUX: its embedded guidance)"))
 
     @field_validator("weights")
     @classmethod
@@ -243,7 +248,6 @@ class OutputConfig(_Strict):
 
 class RunConfig(_Strict):
     name: str = Field("run", description="variant label shown in tables, e.g. 'SenseFlow' or 'w/o ISG'")
-    method: Literal["dmd2", "senseflow", "custom"] = "senseflow"
     preset: str = ""
     model: ModelConfig = Field(default_factory=ModelConfig)
     generator: GeneratorConfig = Field(default_factory=GeneratorConfig)
@@ -277,6 +281,35 @@ class RunConfig(_Strict):
     @property
     def tiny_changes(self) -> list[str]:
         return list(self._tiny_changes)
+
+    @computed_field(description="derived from gan.kind, ida.enabled and isg.enabled (see RunConfig.method)")
+    @property
+    def method(self) -> Literal["dmd2", "senseflow", "custom"]:
+        """dmd2: DMD2's classifier head on the fake score without IDA or ISG; senseflow: the VFM discriminator
+        with ISG, and IDA where the family's SenseFlow recipe has it (every family but SDXL, whose authors'
+        trainer has none); custom: any other combination (an ablation cell). A config may still name `method`
+        (saved configs do): it is accepted when it agrees, and an error otherwise."""
+        gan, ida, isg = self.gan.kind, self.ida.enabled, self.isg.enabled
+        if gan == "dmd2" and not ida and not isg:
+            return "dmd2"
+        if gan == "vfm" and isg and ida == (self.model.family not in _SENSEFLOW_WITHOUT_IDA):
+            return "senseflow"
+        return "custom"
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _stated_method(cls, data: Any, handler):
+        stated = None
+        if isinstance(data, dict) and "method" in data:
+            data = dict(data)
+            stated = data.pop("method")
+        cfg = handler(data)
+        if stated is not None and stated != cfg.method:
+            raise ValueError(f"method={stated!r} disagrees with the settings, which make this run {cfg.method!r} "
+                             f"(gan.kind={cfg.gan.kind}, ida.enabled={str(cfg.ida.enabled).lower()}, "
+                             f"isg.enabled={str(cfg.isg.enabled).lower()}, model.family={cfg.model.family}); "
+                             "method is derived from them: remove the key")
+        return cfg
 
     @model_validator(mode="after")
     def _metrics_and_layers(self):
@@ -317,149 +350,144 @@ class RunConfig(_Strict):
 
     # ------------------------------------------------------------------ identity
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump(mode="json")
+        d = self.model_dump(mode="json")
+        return {"name": d.pop("name"), "method": d.pop("method"), **d}  # the derived method right after the name
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     def identity_hash(self) -> str:
         """Hash of everything that changes the trained student: the output location and the evaluation
-        settings do not (re-evaluating a run with other metrics reuses its training)."""
+        settings do not (re-evaluating a run with other metrics reuses its training), nor does the method,
+        which is derived from the settings."""
         d = self.to_dict()
         d.pop("output", None)
         d.pop("eval", None)
+        d.pop("method", None)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:12]
 
 
 # ---------------------------------------------------------------------------- presets
-def _paper_common() -> dict[str, Any]:
-    # precision and optimizer as in all of the authors' trainers (fp32 weights under bf16 autocast, AdamW
-    # without weight decay, constant lr, clip 1.0); FLUX and SD3.5-Large change trainable_dtype / eight_bit
-    return {"train": {"batch_size": 1, "checkpoint_every": 500, "mixed_precision": "bf16", "gradient_checkpointing": True,
-                      "trainable_dtype": "float32"},
-            "optim": {"betas": [0.9, 0.999], "eps": 1e-8, "weight_decay": 0.0, "grad_clip": 1.0, "warmup": 0},
-            "data": {"kind": "image_text_folder"},
-            "eval": {"metrics": ["fid_t", "patch_fid_t", "clip_score", "hps", "pickscore", "image_reward"],
-                     "num_samples": 5000, "batch_size": 8, "samplers": ["stochastic", "euler"]}}
+# Families whose SenseFlow recipe has no IDA (the authors' SDXL trainer has none); RunConfig.method reads it.
+_SENSEFLOW_WITHOUT_IDA = ("sdxl",)
 
+# What the four paper teachers share: precision and optimizer as in all of the authors' trainers (fp32 weights
+# under bf16 autocast, AdamW without weight decay, constant lr, clip 1.0), the VFM discriminator on DINOv2-L,
+# the paper's evaluation. Keys are dotted paths, as in overrides.
+_PAPER = {
+    "train.batch_size": 1, "train.checkpoint_every": 500, "train.mixed_precision": "bf16",
+    "train.gradient_checkpointing": True, "train.trainable_dtype": "float32",
+    "optim.betas": [0.9, 0.999], "optim.eps": 1e-8, "optim.weight_decay": 0.0, "optim.grad_clip": 1.0, "optim.warmup": 0,
+    "gan.kind": "vfm", "gan.backbone": "facebook/dinov2-large", "gan.layers": [2, 5, 8, 10, 14, 19, 23],
+    "eval.metrics": ["fid_t", "patch_fid_t", "clip_score", "hps", "pickscore", "image_reward"],
+    "eval.num_samples": 5000, "eval.batch_size": 8, "eval.samplers": ["stochastic", "euler"],
+}
+_SD35 = {
+    **_PAPER, "model.family": "sd3", "model.resolution": 1024, "model.table_shift": 3.0,
+    "generator.anchor_indices": [999, 749, 499, 249],
+    "dmd.timestep": {"kind": "table_index", "low": 20, "high": 980},
+    "fake_score.timestep": {"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 3.0},
+    "isg.margin": 50, "gan.weight": 0.1, "gan.omega": "sd35",
+    "optim.lr_generator": 1e-6, "optim.lr_fake": 1e-6, "optim.lr_disc": 1e-6, "train.iterations": 27000,
+}
 
-def _sd35(large: bool) -> dict[str, Any]:
-    return _merge(_paper_common(), {
-        "model": {"family": "sd3", "teacher": "stabilityai/stable-diffusion-3.5-large" if large
-                  else "stabilityai/stable-diffusion-3.5-medium", "resolution": 1024, "table_shift": 3.0},
-        "generator": {"anchor_indices": [999, 749, 499, 249]},
-        "dmd": {"timestep": {"kind": "table_index", "low": 20, "high": 980},
-                "guidance": {"low": 3.0, "high": 10.0} if large else {"low": 2.0, "high": 8.0}},
-        "fake_score": {"timestep": {"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 3.0}},
-        "ida": {"lam": 0.97 if large else 0.98},
-        "isg": {"weight": 1.0 if large else 0.5, "margin": 50,
-                "guidance": {"low": 5.0, "high": 5.0} if large else {"low": 2.0, "high": 4.0}},
-        "gan": {"kind": "vfm", "weight": 0.1, "omega": "sd35", "backbone": "facebook/dinov2-large",
-                "layers": [2, 5, 8, 10, 14, 19, 23]},
-        # the authors' SD3.5-Large trainer uses 8-bit AdamW, their SD3.5-Medium trainer torch AdamW
-        "optim": {"lr_generator": 1e-6, "lr_fake": 1e-6, "lr_disc": 1e-6, "eight_bit": large, "ttur": 5 if large else 10},
-        "train": {"iterations": 27000 if large else 27000},
-    })
-
-
-def _flux() -> dict[str, Any]:
-    return _merge(_paper_common(), {
-        "model": {"family": "flux", "teacher": "black-forest-labs/FLUX.1-dev", "resolution": 1024, "table_shift": 1.0},
-        "generator": {"anchor_indices": [999, 903, 758, 511]},  # sigma 1.0, .904, .759, .512
-        "dmd": {"timestep": {"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 1.0},
-                "guidance": {"low": 1.0, "high": 8.0}},
-        "fake_score": {"timestep": {"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 1.0}},
-        "ida": {"lam": 0.97},
-        "isg": {"weight": 1.0, "margin": 20, "guidance": {"low": 1.0, "high": 8.0}},
-        "gan": {"kind": "vfm", "weight": 2.0, "omega": "paper", "backbone": "facebook/dinov2-large",
-                "layers": [2, 5, 8, 10, 14, 19, 23]},
-        "optim": {"lr_generator": 1e-5, "lr_fake": 1e-5, "lr_disc": 1e-5, "eight_bit": True, "ttur": 5},
-        # the authors' FLUX trainer stores G and F in bf16 (8-bit AdamW on bf16 weights)
-        "train": {"iterations": 12000, "trainable_dtype": "bfloat16"},
-    })
-
-
-def _sdxl() -> dict[str, Any]:
-    return _merge(_paper_common(), {
-        "model": {"family": "sdxl", "teacher": "stabilityai/stable-diffusion-xl-base-1.0", "resolution": 1024},
+# Each teacher's SenseFlow settings, one entry per teacher (the authors' values). The authors' SD3.5-Large and
+# FLUX trainers use 8-bit AdamW, the others torch AdamW; their FLUX trainer stores G and F in bf16.
+_TEACHERS: dict[str, dict[str, Any]] = {
+    "sd35-large": {
+        **_SD35, "model.teacher": "stabilityai/stable-diffusion-3.5-large", "dmd.guidance": {"low": 3.0, "high": 10.0},
+        "ida.lam": 0.97, "isg.weight": 1.0, "isg.guidance": {"low": 5.0, "high": 5.0},
+        "optim.eight_bit": True, "optim.ttur": 5},
+    "sd35-medium": {
+        **_SD35, "model.teacher": "stabilityai/stable-diffusion-3.5-medium", "dmd.guidance": {"low": 2.0, "high": 8.0},
+        "ida.lam": 0.98, "isg.weight": 0.5, "isg.guidance": {"low": 2.0, "high": 4.0},
+        "optim.eight_bit": False, "optim.ttur": 10},
+    "flux-dev": {
+        **_PAPER, "model.family": "flux", "model.teacher": "black-forest-labs/FLUX.1-dev", "model.resolution": 1024,
+        "model.table_shift": 1.0,
+        "generator.anchor_indices": [999, 903, 758, 511],  # sigma 1.0, .904, .759, .512
+        "dmd.timestep": {"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 1.0},
+        "dmd.guidance": {"low": 1.0, "high": 8.0},
+        "fake_score.timestep": {"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 1.0},
+        "ida.lam": 0.97, "isg.weight": 1.0, "isg.margin": 20, "isg.guidance": {"low": 1.0, "high": 8.0},
+        "gan.weight": 2.0, "gan.omega": "paper",
+        "optim.lr_generator": 1e-5, "optim.lr_fake": 1e-5, "optim.lr_disc": 1e-5, "optim.eight_bit": True,
+        "optim.ttur": 5, "train.iterations": 12000, "train.trainable_dtype": "bfloat16"},
+    "sdxl": {
+        **_PAPER, "model.family": "sdxl", "model.teacher": "stabilityai/stable-diffusion-xl-base-1.0",
+        "model.resolution": 1024,
         # DDPM t; the UNet's input at t = 999 is unit-variance noise (DMD2's and the authors' pure_noise_mask)
-        "generator": {"anchor_indices": [999, 749, 499, 249], "pure_noise_start": True},
-        "dmd": {"timestep": {"kind": "table_index", "low": 20, "high": 980}, "guidance": {"low": 8.0, "high": 8.0}},
-        "fake_score": {"timestep": {"kind": "table_index", "low": 0, "high": 999}, "loss": "epsilon"},
-        "ida": {"enabled": False, "lam": 0.97},
+        "generator.anchor_indices": [999, 749, 499, 249], "generator.pure_noise_start": True,
+        "dmd.timestep": {"kind": "table_index", "low": 20, "high": 980}, "dmd.guidance": {"low": 8.0, "high": 8.0},
+        "fake_score.timestep": {"kind": "table_index", "low": 0, "high": 999}, "fake_score.loss": "epsilon",
+        "ida.enabled": False, "ida.lam": 0.97,
         # the authors' SDXL numbers come from their released SDXL ISG, which is the teacher_x0 form
-        "isg": {"form": "teacher_x0", "weight": 0.2, "margin": 20, "guidance": {"low": 3.0, "high": 15.0}},
-        "gan": {"kind": "vfm", "weight": 0.5, "omega": "sdxl", "backbone": "facebook/dinov2-large",
-                "layers": [2, 5, 8, 10, 14, 19, 23]},
-        "optim": {"lr_generator": 1e-6, "lr_fake": 1e-6, "lr_disc": 1e-6, "eight_bit": False, "ttur": 5},
-        "train": {"iterations": 18000},
-    })
-
-
-def _digits() -> dict[str, Any]:
-    """The embedded CPU world (see senseflow.worlds.digits); budgets sized for minutes on 2 cores."""
-    return {
-        "model": {"family": "digits", "teacher": "", "resolution": 8, "dtype": "float32", "table_shift": 1.0},
-        "generator": {"anchor_indices": [999, 749, 499, 249], "sampler": "euler"},
+        "isg.form": "teacher_x0", "isg.weight": 0.2, "isg.margin": 20, "isg.guidance": {"low": 3.0, "high": 15.0},
+        "gan.weight": 0.5, "gan.omega": "sdxl",
+        "optim.lr_generator": 1e-6, "optim.lr_fake": 1e-6, "optim.lr_disc": 1e-6, "optim.eight_bit": False,
+        "optim.ttur": 5, "train.iterations": 18000},
+    # the embedded CPU world (senseflow.worlds.digits); budgets sized for minutes on 2 cores
+    "digits": {
+        "model.family": "digits", "model.teacher": "", "model.resolution": 8, "model.dtype": "float32",
+        "model.table_shift": 1.0,
+        "generator.anchor_indices": [999, 749, 499, 249], "generator.sampler": "euler",
         # the world's reference (FID-T) samples use CFG 2, so the student is taught that distribution
-        "dmd": {"timestep": {"kind": "table_index", "low": 20, "high": 980}, "guidance": {"low": 2.0, "high": 2.0}},
-        "fake_score": {"timestep": {"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 1.0}},
-        "ida": {"lam": 0.97},
-        "isg": {"weight": 1.0, "margin": 20, "guidance": {"low": 2.0, "high": 2.0}},
+        "dmd.timestep": {"kind": "table_index", "low": 20, "high": 980}, "dmd.guidance": {"low": 2.0, "high": 2.0},
+        "fake_score.timestep": {"kind": "logit_normal", "mean": 0.0, "std": 1.0, "shift": 1.0},
+        "ida.lam": 0.97, "isg.weight": 1.0, "isg.margin": 20, "isg.guidance": {"low": 2.0, "high": 2.0},
         # one head on the last block: the heads' per-op cost dominates at 8x8. The world has no CLIP: its own
         # pooled prompt embedding goes through the authors' per-head equalized-lr layer (docs/FIDELITY.md)
-        "gan": {"kind": "vfm", "weight": 0.1, "omega": "paper", "backbone": "digits-vit", "layers": [-1],
-                "virtual_batch": 8, "text_condition": "pooled_per_head"},
+        "gan.kind": "vfm", "gan.weight": 0.1, "gan.omega": "paper", "gan.backbone": "digits-vit", "gan.layers": [-1],
+        "gan.virtual_batch": 8, "gan.text_condition": "pooled_per_head",
         # measured on this world (1000 iterations): lr 5e-5 / 2e-4 beat 1e-4 / 1e-4 and 3e-4 / 1e-3 on FID-T
-        "optim": {"lr_generator": 5e-5, "lr_fake": 2e-4, "lr_disc": 2e-4, "weight_decay": 0.0, "ttur": 5},
-        "train": {"iterations": 1000, "batch_size": 64, "checkpoint_every": 250, "log_every": 25, "threads": 1,
-                  "mixed_precision": "no", "gradient_checkpointing": False},
-        "data": {"kind": "digits"},
+        "optim.lr_generator": 5e-5, "optim.lr_fake": 2e-4, "optim.lr_disc": 2e-4, "optim.weight_decay": 0.0,
+        "optim.ttur": 5,
+        "train.iterations": 1000, "train.batch_size": 64, "train.checkpoint_every": 250, "train.log_every": 25,
+        "train.threads": 1, "train.mixed_precision": "no", "train.gradient_checkpointing": False,
         # both samplers are reported ("Ours (Euler)" and "Ours" in the paper); metrics of the second get "@stochastic"
-        "eval": {"metrics": ["fid_t", "fid", "prompt_accuracy", "diversity"], "num_samples": 2000, "batch_size": 500,
-                 "samplers": ["euler", "stochastic"]},
-    }
+        "eval.metrics": ["fid_t", "fid", "prompt_accuracy", "diversity"], "eval.num_samples": 2000,
+        "eval.batch_size": 500, "eval.samplers": ["euler", "stochastic"]},
+}
 
-
-def _as_dmd2(base: dict[str, Any], gan_weight: float, disc_weight: float = 1e-2) -> dict[str, Any]:
-    """DMD2 baseline on the same teacher, as DMD2's released recipe trains it: no IDA, no ISG, its bottleneck
-    classifier whose loss (x disc_weight) also trains the fake score's body in the fake score's own update,
-    its generator GAN weight, and backward simulation on every iteration."""
-    return _merge(base, {"method": "dmd2", "ida": {"enabled": False}, "isg": {"enabled": False},
-                         "generator": {"backsim_prob": 1.0},
-                         "gan": {"kind": "dmd2", "weight": gan_weight, "disc_weight": disc_weight, "omega": "one",
-                                 "train_fake_score_body": True}})
-
-
+# The DMD2 baseline on a teacher, as DMD2's released recipe trains it: no IDA, no ISG, its bottleneck classifier
+# whose loss (x gan.disc_weight) also trains the fake score's body in the fake score's own update (one optimizer
+# for both, so one learning rate: every teacher above has lr_disc = lr_fake), its GAN weights, and backward
+# simulation on every iteration. DMD2 released no SD3.5 or FLUX recipe: those baselines take its mechanisms and
+# GAN weights with the teacher's SenseFlow optimizer.
+_DMD2 = {"name": "DMD2", "ida.enabled": False, "isg.enabled": False, "generator.backsim_prob": 1.0,
+         "gan.kind": "dmd2", "gan.weight": 5e-3, "gan.disc_weight": 1e-2, "gan.omega": "one",
+         "gan.train_fake_score_body": True}
 # DMD2's SDXL recipe (experiments/sdxl, 4-step backsim run): generator / guidance lr 5e-7, AdamW weight decay
-# 0.01, gradient clipping at 10, GAN weights 5e-3 (generator) / 1e-2 (classifier). DMD2 released no SD3.5 or
-# FLUX recipe: those baselines take its mechanisms and GAN weights with the teacher's SenseFlow optimizer.
-_DMD2_SDXL_OPTIM = {"lr_generator": 5e-7, "lr_fake": 5e-7, "lr_disc": 5e-7, "weight_decay": 0.01, "grad_clip": 10.0}
+# 0.01, gradient clipping at 10
+_DMD2_SDXL_OPTIM = {"optim.lr_generator": 5e-7, "optim.lr_fake": 5e-7, "optim.lr_disc": 5e-7,
+                    "optim.weight_decay": 0.01, "optim.grad_clip": 10.0}
+_SENSEFLOW = {"name": "SenseFlow"}
+
+# Every preset: (teacher, what differs from the teacher's SenseFlow settings).
+_PRESETS: dict[str, tuple[str, dict[str, Any]]] = {
+    "sd35-large-senseflow": ("sd35-large", _SENSEFLOW),
+    "sd35-large-dmd2": ("sd35-large", _DMD2),
+    "sd35-medium-senseflow": ("sd35-medium", _SENSEFLOW),
+    "sd35-medium-dmd2": ("sd35-medium", _DMD2),
+    "flux-dev-senseflow": ("flux-dev", _SENSEFLOW),
+    "flux-dev-dmd2": ("flux-dev", _DMD2),
+    "sdxl-senseflow": ("sdxl", _SENSEFLOW),
+    "sdxl-dmd2": ("sdxl", {**_DMD2, **_DMD2_SDXL_OPTIM}),
+    # the authors' own DMD2-SDXL trainer (trainer_sdxl_DMD2.py): DMD2's losses and weights, no backward
+    # simulation, the authors' SDXL optimizer (lr 1e-6, clipping at 1)
+    "sdxl-dmd2-authors": ("sdxl", {**_DMD2, "name": "DMD2 (authors' trainer)", "generator.backsim_prob": 0.0}),
+    "digits-senseflow": ("digits", _SENSEFLOW),
+    "digits-dmd2": ("digits", {**_DMD2, "gan.weight": 1e-2}),  # the world's own GAN weight (tuned on it)
+}
+PRESETS = tuple(_PRESETS)
 
 
-def _dmd2_preset(name: str, base) -> dict[str, Any]:
-    if name == "digits":  # the world's own GAN weights (tuned on it); DMD2's mechanisms
-        return _merge(_as_dmd2(base(), 1e-2), {"optim": {"lr_disc": base()["optim"]["lr_fake"]}})
-    d = _as_dmd2(base(), 5e-3)
-    # DMD2 trains the classifier head with the fake score in one optimizer: one learning rate
-    d = _merge(d, {"optim": {"lr_disc": d["optim"]["lr_fake"]}})
-    return _merge(d, {"optim": _DMD2_SDXL_OPTIM}) if name == "sdxl" else d
-
-
-_BASES = {"sd35-large": lambda: _sd35(True), "sd35-medium": lambda: _sd35(False), "flux-dev": _flux,
-          "sdxl": _sdxl, "digits": _digits}
-
-PRESETS: dict[str, Any] = {}
-for _name, _base in _BASES.items():
-    PRESETS[f"{_name}-senseflow"] = (lambda b=_base, n=_name: _merge(b(), {"method": "senseflow", "name": "SenseFlow",
-                                                                         "preset": f"{n}-senseflow"}))
-    PRESETS[f"{_name}-dmd2"] = (lambda b=_base, n=_name: _merge(_dmd2_preset(n, b),
-                                                                {"name": "DMD2", "preset": f"{n}-dmd2"}))
-# The authors' own DMD2-SDXL trainer (trainer_sdxl_DMD2.py): DMD2's losses and weights, no backward simulation,
-# the authors' SDXL optimizer (lr 1e-6, clipping at 1).
-PRESETS["sdxl-dmd2-authors"] = lambda: _merge(_as_dmd2(_sdxl(), 5e-3), {
-    "name": "DMD2 (authors' trainer)", "preset": "sdxl-dmd2-authors", "generator": {"backsim_prob": 0.0},
-    "optim": {"lr_disc": _sdxl()["optim"]["lr_fake"]}})
+def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    """{"a.b": 1, "a.c": 2} -> {"a": {"b": 1, "c": 2}} (later keys win, as in an override list)."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        out = _merge(out, _nest(key.split("."), value))
+    return out
 
 
 # ---------------------------------------------------------------------------- loading
@@ -489,7 +517,7 @@ def _check_keys(d: dict[str, Any], path: tuple[str, ...] = ()) -> None:
     if cls is None:
         return
     for k, v in d.items():
-        if k not in cls.model_fields:
+        if k not in cls.model_fields and k not in cls.model_computed_fields:  # a derived key is checked by value
             where = ".".join(path + (k,))
             close = difflib.get_close_matches(k, list(cls.model_fields), n=1)
             hint = f"; did you mean '{'.'.join(path + (close[0],))}'?" if close else \
@@ -575,11 +603,13 @@ def build(data: dict[str, Any]) -> RunConfig:
 
 
 def preset(name: str) -> dict[str, Any]:
-    if name not in PRESETS:
+    """The preset's settings as a nested dict (its teacher's SenseFlow settings, then what differs)."""
+    if name not in _PRESETS:
         close = difflib.get_close_matches(name, list(PRESETS), n=1)
         hint = f"; did you mean '{close[0]}'?" if close else ""
         raise ConfigError(f"unknown preset '{name}'{hint} (available: {', '.join(sorted(PRESETS))})")
-    return PRESETS[name]()
+    teacher, differs = _PRESETS[name]
+    return _nested({**_TEACHERS[teacher], **differs, "preset": name})
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

@@ -1,6 +1,6 @@
 """Discriminators for the adversarial term: SenseFlow's VFM discriminator and DMD2's bottleneck classifier.
 
-VFMDiscriminator (ALGORITHM.md "VFM discriminator"; senseflow-paper.md 1.8)
+VFMDiscriminator (the SenseFlow paper's vision-foundation-model discriminator)
     A frozen DINOv2 ViT reads decoded pixels at their full resolution (position embeddings resized
     bilinearly, as the authors do).
     The patch-embedding output and the outputs of chosen blocks, each as patch tokens plus the CLS token,
@@ -12,12 +12,14 @@ VFMDiscriminator (ALGORITHM.md "VFM discriminator"; senseflow-paper.md 1.8)
     logits = sum_c out * (cmap + refmap) / sqrt(64), flattened and concatenated over heads -> (B, N).
     DiffAugment (color, translation, cutout) is applied to the judged image only, never to the reference.
 
-DMD2Discriminator (dmd2-and-peers.md 1.3)
+DMD2Discriminator (DMD2's GAN classifier, Yin et al. 2024)
     DMD2's GAN classifier: a small conv head (4x4 stride-2 convs, GroupNorm, SiLU, down to 1x1, then a
     1x1 conv to one logit) on the fake score's bottleneck features, read with forward hooks (SD3/FLUX:
     image tokens after the middle transformer block; SDXL: the UNet's mid_block output).
 
-Losses live in senseflow.losses (hinge for VFM, logistic for DMD2).
+Each discriminator owns its two losses: `generator_loss` (the generator's adversarial term) and
+`discriminator_loss` (its own step), built from senseflow.losses (hinge for VFM, logistic for DMD2) on
+what it judges (VFM: decoded pixels; DMD2: latents re-noised at a drawn time), read from `GANInputs`.
 """
 
 from __future__ import annotations
@@ -25,7 +27,8 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +36,7 @@ from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
 from torch.utils.checkpoint import checkpoint as activation_checkpoint
 
+from senseflow import flow, losses
 from senseflow.models.base import Conditioning, Denoiser
 
 Tensor = torch.Tensor
@@ -44,6 +48,25 @@ VITL_LAYERS = (2, 5, 8, 10, 14, 19, 23)  # the paper's blocks for the 24-block V
 TRANSLATION_RATIO = 1 / 8
 CUTOUT_RATIO = 1 / 2
 TINY_BACKBONE = "tiny-random"  # a random-init 4-block DINOv2 for CPU smoke runs (no weights, no downloads)
+
+
+@dataclass
+class GANInputs:
+    """What one iteration gives a discriminator's losses: the real data, the prompts' conditioning, and the
+    Distiller's means of reading generated latents (each discriminator uses the ones it needs).
+
+    text: D's own text embedding of the prompts (gan.text_condition=clip), or None (then cond.pooled).
+    decode(latents) -> pixels in [-1, 1]. draw_sigma(n, rng) -> (n,) noise levels on the device, drawn as the
+    fake score's training draws them. randn(shape, rng) -> N(0, 1) noise on the device.
+    """
+
+    real_latents: Tensor
+    real_pixels: Tensor
+    cond: Conditioning
+    text: Tensor | None
+    decode: Callable[[Tensor], Tensor]
+    draw_sigma: Callable[[int, torch.Generator], Tensor]
+    randn: Callable[[tuple[int, ...], torch.Generator], Tensor]
 
 
 # ============================================================================= DiffAugment
@@ -601,6 +624,35 @@ class VFMDiscriminator(nn.Module):
         real_logits, fake_logits = self._judge([real, fake], text_embed, ref_images, augment, generator)
         return real_logits, fake_logits
 
+    # ------------------------------------------------------------------ losses
+    def frozen_for_generator(self) -> list[nn.Parameter]:
+        """The parameters the generator's adversarial pass holds frozen (see `frozen`): the trained part."""
+        return self.trainable_parameters()
+
+    def _text_and_reference(self, inputs: GANInputs) -> tuple[Tensor, Tensor | None]:
+        text = inputs.text if inputs.text is not None else inputs.cond.pooled
+        return text, (inputs.real_pixels if self.reference else None)
+
+    def generator_loss(self, fake_latents: Tensor, inputs: GANInputs, weight: Tensor,
+                       generator: torch.Generator | None) -> Tensor:
+        """The hinge generator loss mean(-w D(x)) on the generated latents' decoded (augmented) pixels;
+        gradients reach the latents through the decoder and the frozen backbone."""
+        pixels = inputs.decode(fake_latents)
+        text, ref = self._text_and_reference(inputs)
+        logits = self(pixels, text, ref_images=ref, augment=True, generator=generator)
+        return losses.hinge_g_loss(logits, weight)
+
+    def discriminator_loss(self, fake_latents: Tensor, inputs: GANInputs, weight: Tensor,
+                           generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+        """(hinge loss, real logits, fake logits) of D's own step on the real pixels and the generated
+        latents' decoded pixels (no gradient to the generator), from one joint pass (`real_fake_logits`)."""
+        with torch.no_grad():
+            fake = inputs.decode(fake_latents)
+        text, ref = self._text_and_reference(inputs)
+        real_logits, fake_logits = self.real_fake_logits(inputs.real_pixels, fake, text, ref_images=ref,
+                                                         augment=True, generator=generator)
+        return losses.hinge_d_loss(real_logits, fake_logits, weight), real_logits, fake_logits
+
     def _judge(self, images: list[Tensor], text_embed: Tensor | Conditioning | None, ref_images: Tensor | None,
                augment: bool, generator: torch.Generator | None) -> list[Tensor]:
         """Logits (B, N) for each of the k equal-shaped batches in `images`, sharing text and reference."""
@@ -873,6 +925,30 @@ class DMD2Discriminator(nn.Module):
         logits = self.head(feat.to(next(self.head.parameters()).dtype))
         real_logits, fake_logits = logits.chunk(2)
         return real_logits, fake_logits
+
+    # ------------------------------------------------------------------ losses
+    def frozen_for_generator(self) -> list[nn.Parameter]:
+        """The parameters the generator's adversarial pass holds frozen (see `frozen`): the head and the fake
+        score's body it reads."""
+        return self.trainable_parameters() + list(self.fake_score.parameters())
+
+    def generator_loss(self, fake_latents: Tensor, inputs: GANInputs, weight: Tensor,
+                       generator: torch.Generator | None) -> Tensor:
+        """The non-saturating logistic generator loss on the generated latents re-noised at a drawn time
+        (inputs.draw_sigma, then fresh noise)."""
+        t = inputs.draw_sigma(fake_latents.shape[0], generator)
+        x_t = flow.interpolate(fake_latents, inputs.randn(fake_latents.shape, generator), t)
+        return losses.logistic_g_loss(self(x_t, t, inputs.cond), weight)
+
+    def discriminator_loss(self, fake_latents: Tensor, inputs: GANInputs, weight: Tensor,
+                           generator: torch.Generator | None, train_body: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+        """(logistic loss, real logits, fake logits) on the real and the generated latents re-noised at one
+        drawn time (fresh noise for each), from one joint pass; train_body: see `real_fake_logits`."""
+        t = inputs.draw_sigma(fake_latents.shape[0], generator)
+        real_t = flow.interpolate(inputs.real_latents, inputs.randn(fake_latents.shape, generator), t)
+        fake_t = flow.interpolate(fake_latents, inputs.randn(fake_latents.shape, generator), t)
+        real_logits, fake_logits = self.real_fake_logits(real_t, fake_t, t, inputs.cond, train_body=train_body)
+        return losses.logistic_d_loss(real_logits, fake_logits, weight), real_logits, fake_logits
 
 
 # ============================================================================= shared helpers

@@ -1,8 +1,10 @@
-"""One SenseFlow / DMD2 iteration (ALGORITHM.md, "One training iteration").
+"""One SenseFlow / DMD2 iteration: the generator step (DMD, adversarial and ISG terms, then IDA), the fake
+score's step and the discriminator's step.
 
 The `Distiller` owns the generator G, the fake score F, the frozen teacher, the optional
 discriminator D and their optimizers, and performs `step(iteration, batch)`. It writes no files and
-logs nothing: it returns a dict of scalars. Every random draw of an iteration comes from generators
+logs nothing: it returns a dict of scalars. The generator's loss is a sum of named terms (`_dmd_term`,
+`_adversarial_term`, `_isg_term`); the discriminator computes its own losses (senseflow.discriminators). Every random draw of an iteration comes from generators
 seeded by (seed, iteration[, rank]), so an interrupted run resumes bit-identically and the anchor
 index and backward-simulation coin are shared across ranks while the noise differs per rank.
 """
@@ -21,6 +23,7 @@ from torch import nn
 from senseflow import flow, losses
 from senseflow import precision
 from senseflow.config import GuidanceConfig, RunConfig, TimestepConfig
+from senseflow.discriminators import GANInputs, frozen
 from senseflow.generator import FewStepGenerator
 from senseflow.models.base import Conditioning, Denoiser, LatentCodec, TextEncoder, guided_velocity
 
@@ -172,24 +175,13 @@ class Distiller(nn.Module):
     def _gan_enabled(self) -> bool:
         return self.discriminator is not None and self.cfg.gan.kind != "none"
 
-    def _disc_logits(self, images_or_latents: Tensor, batch: Batch, sigma: Tensor | None,
-                     g: torch.Generator, real: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
-        """Logits of D on generated samples (VFM: decoded pixels; DMD2: noised latents). With `real` (the
-        matching real samples): (real logits, fake logits) from D's joint pass (`real_fake_logits`: real
-        augmented first, as two calls would; DMD2 reads the fake score's body without gradients), or from
-        two calls if D has no joint pass."""
-        d = self.discriminator
-        if self.cfg.gan.kind == "vfm":
-            ref = batch.pixels if self.cfg.gan.reference else None
-            text = batch.disc_text if batch.disc_text is not None else batch.cond.pooled
-            args, kwargs = (text,), {"ref_images": ref, "augment": True, "generator": g}
-        else:
-            args, kwargs = (sigma, batch.cond), {}
-        if real is None:
-            return d(images_or_latents, *args, **kwargs)
-        if hasattr(d, "real_fake_logits"):
-            return d.real_fake_logits(real, images_or_latents, *args, **kwargs)
-        return d(real, *args, **kwargs), d(images_or_latents, *args, **kwargs)
+    def _gan_inputs(self, batch: Batch) -> GANInputs:
+        """The batch and the means of reading generated latents, for the discriminator's losses."""
+        table = self.sigma_table.cpu()
+        return GANInputs(real_latents=batch.latents, real_pixels=batch.pixels, cond=batch.cond, text=batch.disc_text,
+                         decode=self.codec.decode,
+                         draw_sigma=lambda n, g: draw_sigma(self.cfg.fake_score.timestep, n, table, g).to(self.device),
+                         randn=self._randn)
 
     # ------------------------------------------------------------------ the iteration
     def generator_input(self, batch: Batch, k: int, backsim: bool, g: torch.Generator) -> Tensor:
@@ -237,7 +229,7 @@ class Distiller(nn.Module):
         coin = coin if backsim is None else backsim
         sigma_i = torch.full((b,), self.few_step.sigma(k), device=self.device)
         sigma_next = torch.full((b,), self.few_step.sigma(k + 1), device=self.device)
-        dmd2_guidance = self._gan_enabled() and cfg.gan.kind == "dmd2" and cfg.gan.train_fake_score_body
+        dmd2_guidance = self._gan_enabled() and cfg.gan.train_fake_score_body  # the config allows it for dmd2 only
         s: dict = {"batch": batch}
 
         def generator_input() -> dict[str, float]:  # backward simulation, or a real latent noised to sigma_k
@@ -274,10 +266,34 @@ class Distiller(nn.Module):
                 ("discriminator step", discriminator_update)]
 
     def _generator_update(self, batch, x_i, v_g, x0_g, sigma_i, sigma_next, k, g) -> dict[str, float]:
+        """One step of G on the sum of its terms (each draws from `g` in this order), then IDA."""
+        # a frozen discriminator (and, for DMD2's head, F's body) stays frozen from building its graph until
+        # after the backward: the backward then computes only the input gradients G needs, D's / F's .grad stay
+        # untouched, and gradient checkpointing recomputes with the same requires_grad as the forward (else it
+        # stops with CheckpointError: a different number of saved tensors)
+        held = contextlib.ExitStack()
+        total, out = self._dmd_term(batch, x0_g, g)
+        for loss, metrics in (self._adversarial_term(batch, x0_g, sigma_i, g, held),
+                              self._isg_term(batch, x_i, v_g, x0_g, sigma_i, sigma_next, k, g)):
+            if loss is not None:
+                total = total + loss
+            out.update(metrics)
+        self.opt_g.zero_grad(set_to_none=True)
+        with held:
+            total.backward()
+        out["grad_norm_g"] = self._clip(self.generator.parameters())
+        self.opt_g.step()
+        self.opt_g.zero_grad(set_to_none=True)
+        self.fake_score.zero_grad(set_to_none=True)  # DMD/ISG never train F; drop stray grads
+        if self.cfg.ida.enabled:
+            losses.ida_update_modules(self.fake_score, self.generator, self.cfg.ida.lam)
+        out["loss_g"] = float(total.detach())
+        return out
+
+    def _dmd_term(self, batch: Batch, x0_g: Tensor, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+        """Distribution matching: teacher (guided) and fake score denoise the re-noised generator sample."""
         cfg = self.cfg
-        b = x_i.shape[0]
-        out: dict[str, float] = {}
-        # DMD: teacher (guided) and fake score denoise the re-noised generator sample
+        b = x0_g.shape[0]
         t = draw_sigma(cfg.dmd.timestep, b, self.sigma_table.cpu(), g).to(self.device)
         eps = self._randn(x0_g.shape, g)
         w = draw_guidance(cfg.dmd.guidance, b, g)
@@ -286,48 +302,41 @@ class Distiller(nn.Module):
             x0_real = flow.x0_from_velocity(x_t, t, self._teacher_velocity(x_t, t, batch.cond, w))
             x0_fake = flow.x0_from_velocity(x_t, t, self.fake_score(x_t, t, batch.cond))
         grad = losses.dmd_gradient(x0_g, x0_real, x0_fake)
-        loss_dmd = losses.dmd_loss(x0_g, grad)
-        total = loss_dmd
-        out["loss_dmd"] = float(loss_dmd.detach())
-        out["dmd_grad_abs"] = float(grad.abs().mean())
+        loss = losses.dmd_loss(x0_g, grad)
+        return loss, {"loss_dmd": float(loss.detach()), "dmd_grad_abs": float(grad.abs().mean())}
 
-        # D (and, for DMD2's head, F's body) stays frozen from building its graph until after the backward:
-        # the backward then computes only the input gradients G needs, D's / F's .grad stay untouched, and
-        # gradient checkpointing recomputes with the same requires_grad as the forward (else it stops with
-        # CheckpointError: a different number of saved tensors)
-        held = contextlib.ExitStack()
-        if self._gan_enabled() and cfg.gan.weight > 0:
-            wgt = losses.omega(sigma_i, cfg.gan.omega)
-            if float(wgt.abs().max()) > 0:
-                from senseflow.discriminators import frozen
+    def _adversarial_term(self, batch: Batch, x0_g: Tensor, sigma_i: Tensor, g: torch.Generator,
+                          held: contextlib.ExitStack) -> tuple[Tensor | None, dict[str, float]]:
+        """gan.weight x the discriminator's generator loss, weighted per sample by omega(sigma_i); None where
+        there is no GAN, its weight is 0 or omega is 0 at this anchor. Freezes D's parameters into `held`
+        unless gan.d_receives_g_gradient (the authors' trainers: D stays trainable here, so the backward also
+        leaves the generator loss's gradient in D's .grad for D's own step)."""
+        cfg = self.cfg
+        if not (self._gan_enabled() and cfg.gan.weight > 0):
+            return None, {}
+        wgt = losses.omega(sigma_i, cfg.gan.omega)
+        if not float(wgt.abs().max()) > 0:
+            return None, {}
+        d = self.discriminator
+        if not cfg.gan.d_receives_g_gradient:
+            held.enter_context(frozen(d.frozen_for_generator()))
+        loss = d.generator_loss(x0_g, self._gan_inputs(batch), wgt, g)
+        return cfg.gan.weight * loss, {"loss_adv": float(loss.detach())}
 
-                d_params = list(self.discriminator.trainable_parameters())
-                if cfg.gan.kind == "vfm":
-                    pixels = self.codec.decode(x0_g)
-                    # gan.d_receives_g_gradient (the authors' trainers): D stays trainable here, so this
-                    # backward also leaves the generator loss's gradient in D's .grad for D's own step
-                    if not cfg.gan.d_receives_g_gradient:
-                        held.enter_context(frozen(d_params))
-                    logits = self._disc_logits(pixels, batch, None, g)
-                    loss_adv = losses.hinge_g_loss(logits, wgt)
-                else:
-                    tg = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), g).to(self.device)
-                    x_tg = flow.interpolate(x0_g, self._randn(x0_g.shape, g), tg)
-                    held.enter_context(frozen(d_params + list(self.fake_score.parameters())))
-                    logits = self._disc_logits(x_tg, batch, tg, g)
-                    loss_adv = losses.logistic_g_loss(logits, wgt)
-                total = total + cfg.gan.weight * loss_adv
-                out["loss_adv"] = float(loss_adv.detach())
-
-        if cfg.isg.enabled and cfg.isg.weight > 0 and cfg.isg.form == "teacher_x0":
+    def _isg_term(self, batch: Batch, x_i: Tensor, v_g: Tensor, x0_g: Tensor, sigma_i: Tensor, sigma_next: Tensor,
+                  k: int, g: torch.Generator) -> tuple[Tensor | None, dict[str, float]]:
+        """isg.weight x the ISG loss in its configured form; None where ISG is off or weighs 0."""
+        cfg = self.cfg
+        if not (cfg.isg.enabled and cfg.isg.weight > 0):
+            return None, {}
+        b = x_i.shape[0]
+        if cfg.isg.form == "teacher_x0":
             w_isg = draw_guidance(cfg.isg.guidance, b, g)
             with torch.no_grad():
                 x0_t = flow.x0_from_velocity(x_i, sigma_i, self._teacher_velocity(x_i, sigma_i, batch.cond, w_isg))
-            loss_isg = losses.isg_teacher_x0_loss(x0_g, x0_t, self._segment_end_scale(k), cfg.isg.distance,
-                                                  cfg.isg.huber_c)
-            total = total + cfg.isg.weight * loss_isg
-            out["loss_isg"] = float(loss_isg.detach())
-        elif cfg.isg.enabled and cfg.isg.weight > 0:
+            loss = losses.isg_teacher_x0_loss(x0_g, x0_t, self._segment_end_scale(k), cfg.isg.distance,
+                                              cfg.isg.huber_c)
+        else:
             idx_i = torch.full((b,), self.few_step.index(k), dtype=torch.long)
             idx_n = torch.full((b,), self.few_step.index(k + 1), dtype=torch.long)
             t_mid = losses.sample_isg_midpoint(idx_i, idx_n, cfg.isg.margin, self.sigma_table.cpu(), g).to(self.device)
@@ -336,21 +345,8 @@ class Distiller(nn.Module):
                 x_i, sigma_i, sigma_next, t_mid,
                 teacher_velocity=lambda x, s: self._teacher_velocity(x, s, batch.cond, w_isg),
                 generator_velocity=lambda x, s: self.generator(x, s, batch.cond))
-            loss_isg = losses.isg_loss(v_g, x_i, sigma_i, sigma_next, x_tar, cfg.isg.distance, cfg.isg.huber_c)
-            total = total + cfg.isg.weight * loss_isg
-            out["loss_isg"] = float(loss_isg.detach())
-
-        self.opt_g.zero_grad(set_to_none=True)
-        with held:
-            total.backward()
-        out["grad_norm_g"] = self._clip(self.generator.parameters())
-        self.opt_g.step()
-        self.opt_g.zero_grad(set_to_none=True)
-        self.fake_score.zero_grad(set_to_none=True)  # DMD/ISG never train F; drop stray grads
-        if cfg.ida.enabled:
-            losses.ida_update_modules(self.fake_score, self.generator, cfg.ida.lam)
-        out["loss_g"] = float(total.detach())
-        return out
+            loss = losses.isg_loss(v_g, x_i, sigma_i, sigma_next, x_tar, cfg.isg.distance, cfg.isg.huber_c)
+        return cfg.isg.weight * loss, {"loss_isg": float(loss.detach())}
 
     def _fake_score_loss(self, batch: Batch, x0_g: Tensor, g: torch.Generator) -> Tensor:
         """F's denoising loss on the generator's (detached) samples at a fresh time and noise."""
@@ -378,18 +374,7 @@ class Distiller(nn.Module):
         # D steps on every iteration, also where omega is 0 (its loss and gradient are then 0, but Adam's
         # moments and the spectral norms' power iterations still move), as the authors' trainers do
         wgt = losses.omega(sigma_i, cfg.gan.omega)
-        if cfg.gan.kind == "vfm":
-            with torch.no_grad():
-                fake_pixels = self.codec.decode(x0_g)
-            real_logits, fake_logits = self._disc_logits(fake_pixels, batch, None, g, real=batch.pixels)
-            loss = losses.hinge_d_loss(real_logits, fake_logits, wgt)
-        else:
-            b = x0_g.shape[0]
-            t = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), g).to(self.device)
-            real_t = flow.interpolate(batch.latents, self._randn(x0_g.shape, g), t)
-            fake_t = flow.interpolate(x0_g, self._randn(x0_g.shape, g), t)
-            real_logits, fake_logits = self._disc_logits(fake_t, batch, t, g, real=real_t)
-            loss = losses.logistic_d_loss(real_logits, fake_logits, wgt)
+        loss, real_logits, fake_logits = self.discriminator.discriminator_loss(x0_g, self._gan_inputs(batch), wgt, g)
         loss = cfg.gan.disc_weight * loss
         if not cfg.gan.d_receives_g_gradient:
             self.opt_d.zero_grad(set_to_none=True)
@@ -417,13 +402,9 @@ class Distiller(nn.Module):
         """DMD2's guidance step: the fake score's denoising loss plus disc_weight x its classifier loss, one
         backward through F's body and the head, one clip over both, then both optimizers step."""
         cfg = self.cfg
-        b = x0_g.shape[0]
         loss_fake = self._fake_score_loss(batch, x0_g, g)
-        tc = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), g).to(self.device)
-        real_t = flow.interpolate(batch.latents, self._randn(x0_g.shape, g), tc)
-        fake_t = flow.interpolate(x0_g, self._randn(x0_g.shape, g), tc)
-        real_logits, fake_logits = self.discriminator.real_fake_logits(real_t, fake_t, tc, batch.cond, train_body=True)
-        loss_cls = losses.logistic_d_loss(real_logits, fake_logits, losses.omega(sigma_i, cfg.gan.omega))
+        loss_cls, real_logits, fake_logits = self.discriminator.discriminator_loss(
+            x0_g, self._gan_inputs(batch), losses.omega(sigma_i, cfg.gan.omega), g, train_body=True)
         loss = loss_fake + cfg.gan.disc_weight * loss_cls
         self.opt_f.zero_grad(set_to_none=True)
         self.opt_d.zero_grad(set_to_none=True)

@@ -116,8 +116,8 @@ def metric_inputs(cfg: RunConfig) -> list[Input]:
 def data_inputs(cfg: RunConfig) -> list[Input]:
     out = []
     p = Path(cfg.data.path).expanduser() if cfg.data.path else None
-    ok = p is not None and (p.is_dir() if cfg.data.kind == "image_text_folder" else p.is_file())
-    out.append(Input(f"training data ({cfg.data.kind})", "data.path", cfg.data.path, ok,
+    ok = p is not None and p.exists()  # a folder of images + .txt captions, or a .jsonl file (senseflow.data)
+    out.append(Input("training data", "data.path", cfg.data.path, ok,
                      str(p) if ok else ("not set" if p is None else f"{str(p)!r} does not exist")))
     if cfg.eval.prompts or cfg.model.family != "digits":
         q = Path(cfg.eval.prompts).expanduser() if cfg.eval.prompts else None
