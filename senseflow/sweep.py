@@ -54,7 +54,6 @@ import dataclasses
 import difflib
 import json
 import math
-import os
 import time
 import warnings
 from dataclasses import dataclass, field

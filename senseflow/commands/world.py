@@ -58,7 +58,7 @@ def figures_table(figures: dict) -> Table:
     t.add_row("classifier held-out accuracy", _pct(figures["classifier_held_out_accuracy"]), ">= 97%")
     t.add_row("backbone linear-probe accuracy (held-out)", _pct(figures.get("backbone_linear_probe_accuracy")),
               "(quality of the D backbone)")
-    t.add_row(f"teacher params", f"{te['params']:,}", "")
+    t.add_row("teacher params", f"{te['params']:,}", "")
     t.add_row(f"teacher {te['steps']}-step Euler+CFG {te['cfg_scale']}: prompt accuracy (held-out templates)",
               _pct(te["prompt_accuracy"]), ">= 90%")
     t.add_row("teacher FID vs held-out real [95% CI]", _fmt_fid(te["fid_real"]), "reported")
