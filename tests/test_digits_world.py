@@ -332,3 +332,22 @@ def test_the_step_benchmark_times_the_projects_distiller_step(world):
         assert r["generator_iterations"] == 2 and r["critic_iterations"] == 8  # two full TTUR periods
         assert r["generator_ms"] > 0 and r["critic_ms"] > 0
         assert r["ttur_mean_ms"] == pytest.approx((r["generator_ms"] + 4 * r["critic_ms"]) / 5, abs=0.1)
+
+
+def test_reference_rows_at_other_anchors_measure_the_do_nothing_teacher_there(world, tmp_path):
+    """`world digits baselines --anchors 999`: the do-nothing row of a 1-step grid is the teacher's one Euler step,
+    measured like the world's own 4-step baseline (same numbers where the anchors are the world's)."""
+    import json
+
+    from senseflow.worlds.digits.components import do_nothing_figures, record_reference_rows
+
+    own = do_nothing_figures(world, list(world.anchor_indices))
+    assert own["fid_t"]["value"] == pytest.approx(world.figures["baseline_4step"]["fid_t"]["value"], rel=1e-6)
+    one = do_nothing_figures(world, [999])
+    assert one["fid_t"]["value"] > own["fid_t"]["value"]           # one step is further from the 50-step teacher
+    rows = record_reference_rows(world, tmp_path, "g1", [999])
+    assert [p.name.rsplit("-", 1)[0] for p in rows] == ["teacher-50", "teacher-1-at-999"]
+    ev = json.loads((rows[1] / "eval.json").read_text())["evaluations"][0]
+    assert ev["metrics"]["fid_t"] == pytest.approx(one["fid_t"]["value"])
+    assert json.loads((rows[1] / "status.json").read_text())["variant"] == "Teacher 1 step at the anchors (do nothing)"
+    assert [p.name.rsplit("-", 1)[0] for p in record_reference_rows(world, tmp_path, "g4")] == ["teacher-50", "teacher-4"]

@@ -141,7 +141,8 @@ def test_plan_bad_file_is_one_line_exit_2(tmp_path, capsys):
 
 @pytest.mark.parametrize("name, cells", [("paper/sd35-large-ablation.yaml", 4), ("paper/flux-dev.yaml", 4),
                                          ("paper/sdxl.yaml", 2), ("paper/disc-backbone.yaml", 3),
-                                         ("digits/ablation.yaml", 5), ("digits/hard.yaml", 8)])
+                                         ("digits/ablation.yaml", 5), ("digits/ablation-1step.yaml", 5),
+                                         ("digits/hard.yaml", 8)])
 def test_shipped_grids_plan_without_downloads(name, cells, capsys, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # plan must not create anything
     path = REPO / "experiments" / name
@@ -153,27 +154,35 @@ def test_shipped_grids_plan_without_downloads(name, cells, capsys, monkeypatch, 
         assert all(s.cfg.eval.num_samples == 5000 and s.cfg.eval.prompts.endswith("captions.txt") for s in grid.specs)
 
 
-def test_shipped_grids_isolate_what_they_compare():
-    ab = {s.name: s.cfg for s in load_grid(REPO / "experiments/digits/ablation.yaml").specs if s.seed == 0}
-    assert set(ab) == {"DMD2", "+IDA", "+ISG", "+IDA+ISG", "SenseFlow"}
-    assert {s.seed for s in load_grid(REPO / "experiments/digits/ablation.yaml").specs} == {0, 1}
-    assert [(ab[n].ida.enabled, ab[n].isg.enabled, ab[n].gan.kind) for n in ["DMD2", "+IDA", "+ISG", "+IDA+ISG", "SenseFlow"]] == [
-        (False, False, "dmd2"), (True, False, "dmd2"), (False, True, "dmd2"), (True, True, "dmd2"), (True, True, "vfm")]
+@pytest.mark.parametrize("name, anchors", [("ablation.yaml", [999, 749, 499, 249]), ("ablation-1step.yaml", [999])])
+def test_shipped_digits_ablations_are_the_papers_form(name, anchors):
+    grid = load_grid(REPO / "experiments/digits" / name)
+    ab = {s.name: s.cfg for s in grid.specs if s.seed == 0}
+    order = ["SenseFlow", "w/o ISG", "w/o IDA", "w/o IDA and ISG", "DMD2"]
+    assert grid.cells == order and grid.compare_to == "SenseFlow"
+    assert {s.seed for s in grid.specs} == {0, 1, 2, 3, 4}
+    assert grid.paper["values"] == {"SenseFlow": 13.38, "w/o ISG": 17.0, "w/o IDA": 17.83, "w/o IDA and ISG": 43.84}
+    assert [(ab[n].ida.enabled, ab[n].isg.enabled, ab[n].gan.kind) for n in order] == [
+        (True, True, "vfm"), (True, False, "vfm"), (False, True, "vfm"), (False, False, "vfm"), (False, False, "dmd2")]
+    assert all(c.generator.anchor_indices == anchors for c in ab.values())
+    assert len({(c.train.iterations, c.train.eval_every, tuple(c.eval.samplers)) for c in ab.values()}) == 1
 
     def strip(c, *keys):
         d = c.to_dict()
         for k in ("name", "method", "preset", *keys):
             d.pop(k, None)
         return d
-    # DMD2 -> +IDA+ISG differ only in IDA and ISG
-    assert strip(ab["DMD2"], "ida", "isg") == strip(ab["+IDA+ISG"], "ida", "isg")
-    assert ab["DMD2"].isg.model_dump(exclude={"enabled"}) == ab["+IDA+ISG"].isg.model_dump(exclude={"enabled"})
-    # +IDA+ISG -> SenseFlow differ only in the recipe: DMD2's (its head, backward simulation every iteration)
-    # against the authors' (the VFM discriminator, backward simulation on half of the iterations)
-    assert strip(ab["+IDA+ISG"], "gan", "generator") == strip(ab["SenseFlow"], "gan", "generator")
-    assert ab["+IDA+ISG"].generator.model_dump(exclude={"backsim_prob"}) == \
-        ab["SenseFlow"].generator.model_dump(exclude={"backsim_prob"})
-    assert (ab["+IDA+ISG"].generator.backsim_prob, ab["SenseFlow"].generator.backsim_prob) == (1.0, 0.5)
+    # the four SenseFlow cells differ only in IDA and ISG: everything else (the VFM discriminator too) is equal
+    for n in order[1:4]:
+        assert strip(ab[n], "ida", "isg") == strip(ab["SenseFlow"], "ida", "isg")
+        assert ab[n].isg.model_dump(exclude={"enabled"}) == ab["SenseFlow"].isg.model_dump(exclude={"enabled"})
+        assert ab[n].ida.model_dump(exclude={"enabled"}) == ab["SenseFlow"].ida.model_dump(exclude={"enabled"})
+    # DMD2 is DMD2's recipe: its head whose loss also trains the fake score's body, backward simulation always
+    assert (ab["DMD2"].gan.train_fake_score_body, ab["DMD2"].generator.backsim_prob) == (True, 1.0)
+    assert ab["DMD2"].method == "dmd2" and ab["SenseFlow"].method == "senseflow"
+
+
+def test_shipped_grids_isolate_what_they_compare():
     hard = load_grid(REPO / "experiments/digits/hard.yaml").specs
     worst = [s.cfg for s in hard if s.name.startswith("ttur1 lrG=3x")]
     assert [(c.optim.ttur, round(c.optim.lr_generator / c.optim.lr_fake, 6), c.ida.enabled) for c in worst] == [(1, 3.0, False), (1, 3.0, True)]

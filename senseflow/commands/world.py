@@ -174,12 +174,25 @@ def show_config(quick: bool = typer.Option(False, "--quick"),
 @digits_app.command("baselines")
 def baselines(grid: str = typer.Option(..., "--grid", help="grid name whose table gets the reference rows"),
               root: Path = typer.Option(Path("results"), help="results root (holds runs/)"),
-              cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP)):
-    """Record the world's reference rows (teacher 50 steps, teacher at the 4 anchors) in a grid's results,
-    so the ablation table shows what every student is compared with."""
+              cache_dir: Path = typer.Option(None, "--cache-dir", help=_CACHE_HELP),
+              anchors: list[int] = typer.Option(None, "--anchors", help=(
+                  "the students' anchor indices, noisiest first, one flag each (e.g. --anchors 999 for 1-step "
+                  "students; default: the world's 4 anchors)"))):
+    """Record the world's reference rows (teacher 50 steps: the floor; the teacher at the students' anchors: do
+    nothing) in a grid's results, so the ablation table shows what every student is compared with."""
+    from pydantic import ValidationError
+
+    from senseflow.config import GeneratorConfig
+    from senseflow.errors import UserError
     from senseflow.worlds.digits import build_world
     from senseflow.worlds.digits.components import record_reference_rows
 
+    if anchors:
+        try:
+            GeneratorConfig(anchor_indices=anchors)
+        except ValidationError as e:
+            raise UserError(f"--anchors {' '.join(map(str, anchors))}: {e.errors()[0]['msg'].removeprefix('Value error, ')}"
+                            "; give each index with its own --anchors, in [0, 999], noisiest first") from None
     world = build_world(cache_dir=cache_dir, progress=False)
-    for path in record_reference_rows(world, root / "runs", grid):
+    for path in record_reference_rows(world, root / "runs", grid, anchors or None):
         typer.echo(f"recorded {path}")

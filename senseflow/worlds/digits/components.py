@@ -119,27 +119,54 @@ def world_components(cfg: RunConfig, world) -> Components:
 
 
 REFERENCE_ROWS = {
-    "teacher-50": ("Teacher, 50 Euler steps (2nd sample set: the floor)", "teacher_floor"),
-    "teacher-4": ("Teacher, 4 Euler steps at the anchors (do nothing)", "baseline_4step"),
+    "teacher-50": ("Teacher 50 steps, 2nd sample set (floor)", "teacher_floor"),
+    "teacher-4": ("Teacher 4 steps at the anchors (do nothing)", "baseline_4step"),
 }
+_FIGURES = (("fid_t", "fid_t"), ("fid", "fid_real"), ("prompt_accuracy", "prompt_accuracy"), ("diversity", "diversity"))
 
 
-def record_reference_rows(world, runs_root, grid: str) -> list:
-    """Write run folders (state completed) holding the world's own figures, so tables list them as rows.
+def do_nothing_figures(world, anchor_indices: list[int]) -> dict:
+    """The do-nothing baseline at other anchors than the world's: the teacher's Euler + CFG steps on the given
+    anchors (then to 0), on the reference prompts and noise, measured like the world's own baseline."""
+    import torch
 
-    Their ids are fixed per world, so calling this again overwrites the same folders."""
+    from evals.digits import evaluate_samples
+    from senseflow import flow
+    from senseflow.worlds.digits import teacher as teacher_mod
+
+    ref = world.reference
+    sigmas = teacher_mod.anchor_sigmas(flow.sigma_table(1000, world.config.sampling.table_shift), anchor_indices)
+    with torch.no_grad():
+        xs = torch.cat([world.sample_teacher(list(ref.prompts[i:i + 500]), ref.noise[i:i + 500], sigmas=sigmas + [0.0])
+                        for i in range(0, len(ref), 500)])
+    figures = evaluate_samples(xs, world)
+    figures["fid_real"] = figures.pop("fid")  # the world's figures' name for FID against real digits
+    return figures
+
+
+def record_reference_rows(world, runs_root, grid: str, anchor_indices: list[int] | None = None) -> list:
+    """Write run folders (state completed) holding the world's own figures, so tables list them as rows: the
+    teacher's floor and the do-nothing teacher at the anchors (the world's, or `anchor_indices`, measured here).
+
+    Their ids are fixed per world and anchors, so calling this again overwrites the same folders."""
     from evals.store import record_eval
     from senseflow.run_folder import State, run_path, write_status
 
-    figs = world.figures
+    figs = dict(world.figures)
+    rows = dict(REFERENCE_ROWS)
+    if anchor_indices is not None and list(anchor_indices) != list(world.anchor_indices):
+        k = len(anchor_indices)
+        del rows["teacher-4"]
+        key = f"teacher-{k}-at-" + "-".join(str(i) for i in anchor_indices)
+        rows[key] = (f"Teacher {k} step{'s' if k > 1 else ''} at the anchors (do nothing)", key)
+        figs[key] = do_nothing_figures(world, list(anchor_indices))
     out = []
-    for key, (name, section) in REFERENCE_ROWS.items():
+    for key, (name, section) in rows.items():
         sec = figs.get(section)
         if not sec:
             continue
         metrics, intervals = {}, {}
-        for metric, src in (("fid_t", "fid_t"), ("fid", "fid_real"), ("prompt_accuracy", "prompt_accuracy"),
-                            ("diversity", "diversity")):
+        for metric, src in _FIGURES:
             v = sec.get(src)
             if isinstance(v, dict):
                 metrics[metric] = v["value"]
