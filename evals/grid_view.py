@@ -61,9 +61,9 @@ FROM grids WHERE grid = $grid ORDER BY position
 """
 _REFERENCE_SQL = """
 SELECT DISTINCT variant FROM runs
-WHERE grid = $grid AND json_extract_string(config, '$.method') = 'reference' ORDER BY variant
+WHERE grid = $grid AND current AND json_extract_string(config, '$.method') = 'reference' ORDER BY variant
 """
-_VARIANTS_SQL = "SELECT DISTINCT coalesce(variant, '(none)') FROM runs WHERE grid = $grid ORDER BY 1"
+_VARIANTS_SQL = "SELECT DISTINCT coalesce(variant, '(none)') FROM runs WHERE grid = $grid AND current ORDER BY 1"
 
 
 def grid_view(db_path: str | os.PathLike, grid: str) -> GridView:

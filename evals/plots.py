@@ -52,7 +52,7 @@ _CURVE_SQL = {
                    avg(t.value) OVER (PARTITION BY t.run_id ORDER BY t.iteration
                                       ROWS BETWEEN $window PRECEDING AND CURRENT ROW) AS value
             FROM train_metrics t JOIN runs r ON r.run_id = t.run_id AND r.grid = t.grid
-            WHERE t.grid = $grid AND t.name = $metric AND list_contains($states, r.state)
+            WHERE t.grid = $grid AND t.name = $metric AND list_contains($states, r.state) AND r.current
               AND t.value IS NOT NULL AND NOT isnan(t.value))
         SELECT coalesce(variant, '(none)') AS variant, iteration, avg(time) / 3600.0 AS hours,
                count(*) AS n, avg(value) AS mean, stddev_samp(value) AS sd, min(value) AS lo, max(value) AS hi
@@ -61,7 +61,7 @@ _CURVE_SQL = {
         WITH s AS (
             SELECT e.run_id, e.iteration, r.variant, e.value
             FROM eval_metrics e JOIN runs r ON r.run_id = e.run_id AND r.grid = e.grid
-            WHERE e.grid = $grid AND e.name = $metric AND list_contains($states, r.state)
+            WHERE e.grid = $grid AND e.name = $metric AND list_contains($states, r.state) AND r.current
               AND ($all_labels OR list_contains($labels, e.label))
               AND e.value IS NOT NULL AND NOT isnan(e.value))
         SELECT coalesce(variant, '(none)') AS variant, iteration, NULL AS hours,
@@ -237,7 +237,7 @@ def plot_grid_samples(db_path: str | os.PathLike, grid: str, out_path: str | os.
     seeds: the evaluation previews (``eval_samples/preview``, ``teacher_preview``) of the grid's completed runs;
     column titles in each configuration's colour. None when fewer than two columns have previews."""
     view = view or grid_view(db_path, grid)
-    _, runs = query(db_path, "select variant, seed, run_dir from runs where grid = ? and state = 'completed' "
+    _, runs = query(db_path, "select variant, seed, run_dir from runs where grid = ? and state = 'completed' and current "
                              "order by variant, seed", [grid])
     columns: dict[str, SampleSet] = {}
     for variant, _seed, run_dir in runs:
@@ -262,6 +262,7 @@ def plot_grid_samples(db_path: str | os.PathLike, grid: str, out_path: str | os.
 _REFERENCE_VALUES_SQL = """
 SELECT r.variant, avg(e.value) FROM eval_metrics e JOIN runs r ON r.run_id = e.run_id AND r.grid = e.grid
 WHERE e.grid = $grid AND e.name = $metric AND e.label = 'final' AND list_contains($references, r.variant)
+  AND r.current
 GROUP BY ALL
 """
 
@@ -280,7 +281,7 @@ WITH latest AS (
     SELECT r.variant, r.seed, e.value,
            row_number() OVER (PARTITION BY e.run_id ORDER BY e.iteration DESC) AS rk
     FROM eval_metrics e JOIN runs r ON r.run_id = e.run_id AND r.grid = e.grid
-    WHERE e.grid = $grid AND e.name = $metric AND e.label = $label AND r.state = 'completed'
+    WHERE e.grid = $grid AND e.name = $metric AND e.label = $label AND r.state = 'completed' AND r.current
       AND e.value IS NOT NULL AND NOT isnan(e.value))
 SELECT variant, seed, value FROM latest WHERE rk = 1 ORDER BY variant, seed
 """

@@ -125,7 +125,7 @@ def build_report(db_path: str | os.PathLike, grid: str, out_path: str | os.PathL
     from .grid_view import grid_view
     from .plots import plot_ablation, plot_grid_samples, plot_metric_curves
 
-    _, runs = query(db_path, "select run_id, variant, seed, state, run_dir from runs where grid = ? "
+    _, runs = query(db_path, "select run_id, variant, seed, state, run_dir from runs where grid = ? and current "
                              "order by variant, seed", [grid])
     if not runs:
         raise ValueError(f"no runs of grid {grid!r} in {db_path}; run `senseflow results sync` after `grid run`")

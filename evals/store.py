@@ -19,7 +19,9 @@ file that then replaces the old one, so readers never see a half-built database 
 be deleted at any time). Tables:
 
 * ``runs(run_id, grid, variant, seed, state, reason, iteration, started, finished, config JSON,
-  run_dir, code_version, host, status JSON)`` one row per run folder
+  run_dir, code_version, host, status JSON, current)`` one row per run folder; ``current`` is false for a
+  run left in a grid's folder that the grid file no longer defines (e.g. made before its iterations were
+  changed): tables and plots leave those out
 * ``train_metrics(run_id, grid, iteration, time, name, value)`` long format; nested dicts are
   flattened to ``a/b``; if an iteration was logged twice (resume) the last line wins
 * ``eval_metrics(run_id, grid, iteration, label, name, value, lo, hi, num_samples, checkpoint)``
@@ -186,11 +188,11 @@ def record_eval(run: str | os.PathLike, *, iteration: int, label: str, metrics: 
 
 # ============================================================================ sync
 _RUNS_COLS = ["run_id", "grid", "variant", "seed", "state", "reason", "iteration", "started", "finished",
-              "config", "run_dir", "code_version", "host", "status"]
+              "config", "run_dir", "code_version", "host", "status", "current"]
 _SCHEMA = {
     "runs": """CREATE TABLE runs (run_id VARCHAR, grid VARCHAR, variant VARCHAR, seed BIGINT, state VARCHAR,
                reason VARCHAR, iteration BIGINT, started TIMESTAMP, finished TIMESTAMP, config JSON,
-               run_dir VARCHAR, code_version VARCHAR, host VARCHAR, status JSON)""",
+               run_dir VARCHAR, code_version VARCHAR, host VARCHAR, status JSON, current BOOLEAN)""",
     "train_metrics": """CREATE TABLE train_metrics (run_id VARCHAR, grid VARCHAR, iteration BIGINT, time DOUBLE,
                         name VARCHAR, value DOUBLE)""",
     "eval_metrics": """CREATE TABLE eval_metrics (run_id VARCHAR, grid VARCHAR, iteration BIGINT, label VARCHAR,
@@ -201,8 +203,9 @@ _SCHEMA = {
 GRID_MANIFEST = "grid.json"
 
 
-def _read_manifests(runs_root: Path, counts: dict[str, int]) -> list[tuple]:
-    rows = []
+def _read_manifests(runs_root: Path, counts: dict[str, int]) -> tuple[list[tuple], dict[str, set[str]]]:
+    """(``grids`` rows, grid -> the run ids its manifest lists)."""
+    rows, members = [], {}
     for path in sorted(runs_root.glob(f"*/{GRID_MANIFEST}")) if runs_root.is_dir() else []:
         try:
             m = json.loads(path.read_text())
@@ -212,9 +215,23 @@ def _read_manifests(runs_root: Path, counts: dict[str, int]) -> list[tuple]:
                 value = values.get(cell)
                 rows.append((str(m["grid"]), i, str(cell), m.get("compare_to"), paper.get("metric"),
                              None if value is None else float(value), paper.get("source")))
+            if "run_ids" in m:
+                members[str(m["grid"])] = {str(r) for r in m["run_ids"]}
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             _warn(f"{path}: skipped ({type(exc).__name__}: {exc})", counts)
-    return rows
+    return rows, members
+
+
+def _current(row: tuple, members: dict[str, set[str]]) -> bool:
+    """A run belongs to its grid as the grid file now defines it: the grid has no manifest, the manifest lists
+    the run, or the run is a reference row (config method: reference)."""
+    run_id, grid, config = row[0], row[1], row[9]
+    if grid not in members or run_id in members[grid]:
+        return True
+    try:
+        return isinstance(config, str) and json.loads(config).get("method") == "reference"
+    except (ValueError, AttributeError):
+        return False
 
 
 def _warn(msg: str, counts: dict[str, int], key: str = "skipped_files") -> None:
@@ -418,6 +435,8 @@ def sync(results_root: str | os.PathLike = "results", db_path: str | os.PathLike
         train.extend(t)
         evals.extend(e)
 
+    grid_rows, members = _read_manifests(results_root / "runs", counts)
+    runs = [r + (_current(r, members),) for r in runs]
     db_path.parent.mkdir(parents=True, exist_ok=True)
     tmp = db_path.with_name(f".{db_path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -431,7 +450,7 @@ def sync(results_root: str | os.PathLike = "results", db_path: str | os.PathLike
                                           {"value": "f8"}),
                 "eval_metrics": _columns(evals, ["run_id", "grid", "iteration", "label", "name", "value", "lo", "hi",
                                                  "num_samples", "checkpoint"], {"value": "f8"}),
-                "grids": _columns(_read_manifests(results_root / "runs", counts),
+                "grids": _columns(grid_rows,
                                   ["grid", "position", "variant", "compare_to", "paper_metric", "paper_value",
                                    "paper_source"], {}),
             }

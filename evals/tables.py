@@ -49,7 +49,7 @@ WITH latest AS (
            row_number() OVER (PARTITION BY e.run_id, e.name ORDER BY e.iteration DESC) AS rk
     FROM eval_metrics e
     JOIN runs r ON r.run_id = e.run_id AND r.grid = e.grid
-    WHERE e.grid = $grid AND e.label = $label AND list_contains($states, r.state)
+    WHERE e.grid = $grid AND e.label = $label AND list_contains($states, r.state) AND r.current
       AND ($all_metrics OR list_contains($metrics, e.name))
 )
 SELECT coalesce(variant, '(none)') AS variant, name,
@@ -67,7 +67,7 @@ WITH latest AS (
            row_number() OVER (PARTITION BY e.run_id, e.name ORDER BY e.iteration DESC) AS rk
     FROM eval_metrics e
     JOIN runs r ON r.run_id = e.run_id AND r.grid = e.grid
-    WHERE e.grid = $grid AND e.label = $label AND list_contains($states, r.state)
+    WHERE e.grid = $grid AND e.label = $label AND list_contains($states, r.state) AND r.current
       AND ($all_metrics OR list_contains($metrics, e.name))
 ),
 per_seed AS (
@@ -85,7 +85,7 @@ _RUNS_SQL = """
 SELECT coalesce(variant, '(none)') AS variant, count(*) AS runs,
        count(*) FILTER (WHERE state = 'diverged') AS diverged,
        count(*) FILTER (WHERE state = 'failed') AS failed
-FROM runs WHERE grid = $grid GROUP BY ALL ORDER BY variant
+FROM runs WHERE grid = $grid AND current GROUP BY ALL ORDER BY variant
 """
 
 
@@ -256,6 +256,9 @@ def build_ablation_table(db_path: str | os.PathLike, grid: str, metrics: Sequenc
         notes.append("Not included: " + "; ".join(f"{v}: {d} diverged, {f} failed" for v, (d, f) in sorted(bad.items())))
     if missing:
         notes.append("No values for: " + ", ".join(missing))
+    stale = query(db_path, "SELECT count(*) FROM runs WHERE grid = $grid AND NOT current", {"grid": grid})[1][0][0]
+    if stale:
+        notes.append(f"Left out: {stale} run(s) in the grid's folder that the grid file no longer defines.")
     markdown = "\n".join(md) + "\n\n" + "\n".join(notes) + "\n"
     if paired_rows:
         ph = [f"Configuration − {view.compare_to}", "pairs"] + [f"Δ {DISPLAY_NAMES.get(m, m)} {arrow(m)}" for m in cols]

@@ -106,7 +106,7 @@ class Grid:
     def manifest(self) -> dict[str, Any]:
         """What tables and plots need to show the grid as its file orders it (written to GRID_MANIFEST)."""
         return {"grid": self.name, "file": str(self.path) if self.path else None, "cells": self.cells,
-                "compare_to": self.compare_to, "paper": self.paper}
+                "compare_to": self.compare_to, "paper": self.paper, "run_ids": [s.run_id for s in self.specs]}
 
     @property
     def root(self) -> Path:

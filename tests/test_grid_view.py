@@ -45,8 +45,10 @@ def db(tmp_path_factory):
         for seed, v in enumerate(FID_T[variant]):
             _run(root, variant, seed, v)
     _run(root, "Teacher (floor)", 0, FLOOR, method="reference")
+    _run(root, "SenseFlow", 7, 100.0, it=50)  # an earlier run of the grid (other iterations): not in the manifest
+    ids = [p.name for p in (root / "runs" / "abl").iterdir() if p.name != "0-7"]
     (root / "runs" / "abl" / "grid.json").write_text(json.dumps({
-        "grid": "abl", "cells": ORDER, "compare_to": "SenseFlow",
+        "grid": "abl", "cells": ORDER, "compare_to": "SenseFlow", "run_ids": ids,
         "paper": {"metric": "fid_t", "source": "SD3.5 Large", "values": {"SenseFlow": 13.38, "w/o ISG": 17.0,
                                                                           "w/o IDA": 17.83}}}))
     store.sync(root)
@@ -58,6 +60,8 @@ def test_rows_follow_the_grid_references_come_last_and_are_never_best(db, tmp_pa
     main = md.split("\n\n")[0].splitlines()[2:]
     assert [ln.split(" | ")[0].lstrip("| ") for ln in main] == ORDER + ["Teacher (floor)"]
     assert "**" in main[0] and "**" not in main[-1]   # SenseFlow (mean 3.0) is best, not the floor (0.5)
+    assert main[0].startswith("| SenseFlow | 5 | **3.000 ± ")  # the stale run (seed 7, 100.0) is left out
+    assert "Left out: 1 run(s) in the grid's folder that the grid file no longer defines." in md
 
 
 def test_paired_differences_over_the_same_seeds(db, tmp_path):
@@ -103,7 +107,9 @@ def test_grid_file_compare_to_and_paper_are_checked_and_written_to_the_manifest(
     assert json.loads(path.read_text()) == {"grid": "g", "file": None, "cells": ["SenseFlow", "w/o ISG"],
                                             "compare_to": "SenseFlow", "paper": {"metric": "fid_t", "source": "Table 4",
                                                                                  "values": {"SenseFlow": 13.38,
-                                                                                            "w/o ISG": 17.0}}}
+                                                                                            "w/o ISG": 17.0}},
+                                            "run_ids": [s.run_id for s in grid.specs]}
+    assert len(set(grid.manifest()["run_ids"])) == 4
     for bad, msg in [({"compare_to": "Sensflow"}, "compare_to='Sensflow' names no cell; did you mean 'SenseFlow'"),
                      ({"paper": {"metric": "fid_t", "values": {"w/o IDA": 1}}}, "paper.values: 'w/o IDA' names no cell"),
                      ({"paper": {"metric": "fid_t", "values": {"SenseFlow": "x"}}}, "must be a number"),
