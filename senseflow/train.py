@@ -29,7 +29,7 @@ from senseflow import checkpoint
 from senseflow import config as config_mod
 from senseflow import precision
 from senseflow.config import RunConfig
-from senseflow.distill import Batch, Distiller, finite, step_generator
+from senseflow.distill import Batch, Distiller, finite, step_rng
 from senseflow.run_folder import METRICS_FILE, PREVIEW_SIDE, State, save_png, write_status
 from senseflow.world import Components
 
@@ -65,9 +65,9 @@ def sample_grid(distiller: Distiller, components: Components, cfg: RunConfig, n_
         return None
     prompts = [p for p in components.sample_prompts for _ in range(n_per_prompt)]
     cond = components.bundle.text_encoder.encode(prompts).to(distiller.device)
-    g = torch.Generator().manual_seed(cfg.eval.seed)
-    noise = torch.randn((len(prompts), *components.bundle.latent_shape), generator=g).to(distiller.device)
-    x0 = distiller.sample(cond, noise, cfg.generator.sampler, generator=g)
+    rng = torch.Generator().manual_seed(cfg.eval.seed)
+    noise = torch.randn((len(prompts), *components.bundle.latent_shape), generator=rng).to(distiller.device)
+    x0 = distiller.sample(cond, noise, cfg.generator.sampler, rng=rng)
     imgs = components.render(x0)  # (N, H, W, C)
     from torchvision.utils import make_grid
 
@@ -180,7 +180,7 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
     it = start
     with open(metrics_path, "a") if main else open(os.devnull, "w") as mlog:
         for it in bar:
-            batch = components.data.batch(it, cfg.train.batch_size, step_generator(cfg.train.seed, it, stream=2,
+            batch = components.data.batch(it, cfg.train.batch_size, step_rng(cfg.train.seed, it, stream=2,
                                                                                    rank=ctx.rank))
             batch = Batch(batch.latents.to(accelerator.device), batch.pixels.to(accelerator.device),
                           batch.cond.to(accelerator.device), batch.prompts)

@@ -37,10 +37,10 @@ def _run_folder(tmp_path, family, extra=()):
     ck.mkdir(parents=True)
     (ck / "trainer.json").write_text(json.dumps({"iteration": 10}))
     student = tiny_bundle(family, RES).teacher.student_copy()
-    g = torch.Generator().manual_seed(7)
+    rng = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for p in student.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
+            p.add_(0.02 * torch.randn(p.shape, generator=rng))
     save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(ck / "generator.safetensors"))
     return cfg, run
 
@@ -95,11 +95,11 @@ def _same_step_noise(monkeypatch, family, components):
     from senseflow.models.flux import pack_latents
 
     shape = (len(PROMPTS), *components.bundle.latent_shape)
-    g = torch.Generator().manual_seed(0)
-    torch.randn(shape, generator=g)
+    rng = torch.Generator().manual_seed(0)
+    torch.randn(shape, generator=rng)
 
     def randn_tensor(_shape, generator=None, device=None, dtype=None, **_):
-        x = torch.randn(shape, generator=g)
+        x = torch.randn(shape, generator=rng)
         return (pack_latents(x) if family == "flux" else x).to(device=device, dtype=dtype)
 
     monkeypatch.setattr(fm, "randn_tensor", randn_tensor)
