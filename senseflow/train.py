@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -77,11 +77,17 @@ def sample_grid(distiller: Distiller, components: Components, cfg: RunConfig, n_
 
 # ----------------------------------------------------------------------------- the loop
 def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id: str = "",
-          progress: bool = True, stop_after: int | None = None, device: str | None = None) -> TrainResult:
+          progress: bool = True, stop_after: int | None = None, device: str | None = None,
+          evaluate_at: Callable[[Distiller, int], Any] | None = None) -> TrainResult:
     """Train (or resume) the run in `run_dir` up to cfg.train.iterations.
 
     stop_after: stop after this many iterations in this call (for tests of resume and for preemption).
+    evaluate_at(distiller, iteration): the evaluation every train.eval_every iterations, on every rank
+    (senseflow.run passes senseflow.evaluate's; the loop itself knows no metric). Required when
+    train.eval_every is set.
     """
+    if cfg.train.eval_every and evaluate_at is None:
+        raise ValueError("train.eval_every is set but no evaluate_at was given: train through senseflow.run.execute")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = run_id or run_dir.name
@@ -215,10 +221,7 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
                 if main:
                     write_status(run_dir, State.RUNNING, cfg, run_id=run_id, iteration=done)
             if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.iterations:
-                from senseflow.evaluate import evaluate_run
-
-                evaluate_run(cfg, run_dir, distiller, components, progress=False, label=f"iter_{done}",
-                             iteration=done, previews=False, main=main)
+                evaluate_at(distiller, done)
             if cfg.train.sample_every and done % cfg.train.sample_every == 0:
                 grid = sample_grid(distiller, components, cfg)  # every rank: G's forwards are collective
                 if grid is not None and main:
