@@ -4,9 +4,10 @@ score's step and the discriminator's step.
 The `Distiller` owns the generator G, the fake score F, the frozen teacher, the optional
 discriminator D and their optimizers, and performs `step(iteration, batch)`. It writes no files and
 logs nothing: it returns a dict of scalars. The generator's loss is a sum of named terms (`_dmd_term`,
-`_adversarial_term`, `_isg_term`); the discriminator computes its own losses (senseflow.discriminators). Every random draw of an iteration comes from random-number
-generators (`rng`) seeded by (seed, iteration[, rank]), so an interrupted run resumes bit-identically and the anchor
-index and backward-simulation coin are shared across ranks while the noise differs per rank.
+`_adversarial_term`, `_isg_term`); the discriminator computes its own losses (senseflow.discriminators).
+Every random draw of an iteration comes from random-number generators (`rng`) seeded by (seed, iteration[,
+rank]), so an interrupted run resumes bit-identically and the anchor index and backward-simulation coin are
+shared across ranks while the noise differs per rank.
 """
 
 from __future__ import annotations

@@ -67,7 +67,7 @@ def distance(a: Tensor, b: Tensor, kind: str = "pseudo_huber", c: float = 1e-3) 
 def isg_target(x_i: Tensor, sigma_i: Tensor, sigma_next: Tensor, t_mid: Tensor,
                teacher_velocity: Callable[[Tensor, Tensor], Tensor],
                generator_velocity: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """Intra-segment guidance target for the segment sigma_i -> sigma_next (ALGORITHM.md, ISG).
+    """Intra-segment guidance target for the segment sigma_i -> sigma_next (docs/ALGORITHM.md, ISG).
 
     One guided teacher Euler step from sigma_i to t_mid, then the (frozen) generator's own step from
     t_mid to sigma_next:

@@ -1,4 +1,5 @@
-"""One run, end to end: world/model -> distill -> evaluate -> record (ARCHITECTURE.md, "The path of one experiment").
+"""One run, end to end: world/model -> distill -> evaluate -> record (docs/ARCHITECTURE.md, "The path of one
+experiment").
 
 `execute(cfg, run_dir)` is what every executor (in-process, local subprocess, SLURM job) calls. It is
 idempotent: a finished run returns its recorded result at once; an interrupted one resumes from its

@@ -209,7 +209,7 @@ def test_scheduler_lands_on_shifted_anchors_and_the_default_does_not():
     assert exact
     torch.testing.assert_close(torch.tensor(pipeline_schedule("sd3", sched, 4)), torch.tensor([1.0, 0.9, 0.75, 0.5]),
                                atol=1e-6, rtol=0)
-    # what the issue saw: SD3.5's own scheduler at 4 steps, and the anchors passed as sigmas (shifted twice)
+    # the mistake guarded against: SD3.5's own scheduler at 4 steps, and the anchors passed as sigmas (shifted twice)
     sd35 = FlowMatchEulerDiscreteScheduler(shift=3.0)
     assert [round(s, 3) for s in pipeline_schedule("sd3", sd35, 4)] == [1.0, 0.858, 0.602, 0.009]
     sd35.set_timesteps(sigmas=[1.0, 0.9, 0.75, 0.5])

@@ -35,7 +35,7 @@ def test_shift_by_hand_and_flux_mu():
     assert flow.shift(1.0, 7.0) == pytest.approx(1.0)
     assert flow.flux_mu(256) == pytest.approx(0.5)
     assert flow.flux_mu(4096) == pytest.approx(1.15)
-    # the FLUX anchors of ALGORITHM.md are the uniform times .75/.5/.25 shifted at 1024 px
+    # the FLUX anchors of docs/ALGORITHM.md are the uniform times .75/.5/.25 shifted at 1024 px
     assert [round(float(flow.flux_shift(t, 4096)), 3) for t in (0.75, 0.5, 0.25)] == [0.905, 0.760, 0.513]
 
 

@@ -445,7 +445,8 @@ def save_sample_grids(samples: Tensor, labels: Tensor, directory: Path, per_digi
 
 
 def compute_figures(world: DigitsWorld, probe: float | None, seconds: dict[str, float]) -> dict:
-    """The world's figures (issue 3), with a 95% bootstrap interval on every FID."""
+    """The world's figures, each with the target it must reach (`senseflow world digits` shows them), with a 95%
+    bootstrap interval on every FID."""
     from evals import digits as ev
 
     cfg = world.config
