@@ -1,4 +1,5 @@
-"""The metric registry: the names `eval.metrics` and `eval.weights` may use, each metric's direction, and
+"""The metric registry: the names `eval.metrics` and `eval.weights` may use (declared in the core,
+senseflow.metric_names, and re-exported here), each metric's direction, and
 `build_metrics`, which builds the metric objects of the metric modules (evals.fid, evals.clip_score,
 evals.hps, evals.pickscore, evals.image_reward) from config names; `evaluate` runs them on a sample set.
 
@@ -12,9 +13,11 @@ from __future__ import annotations
 import warnings
 from typing import Any, Mapping, Sequence
 
+# the names a config may give (senseflow.config checks them when it is built), re-exported here
+from senseflow.metric_names import METRIC_NAMES, WEIGHT_KEYS, WORLD_METRIC_NAMES, metric_names
+
 from .metric import Metric, MetricResult
 from .sample_set import SampleSet
-from .weights import WEIGHT_KEYS  # the keys eval.weights may use (senseflow.config checks them here)
 
 __all__ = ["higher_is_better", "METRIC_DIRECTIONS", "METRIC_NAMES", "WORLD_METRIC_NAMES", "WEIGHT_KEYS",
            "metric_names", "build_metrics", "evaluate", "flatten_results"]
@@ -52,16 +55,6 @@ def evaluate(metrics: Sequence[Metric], samples: SampleSet, reference: SampleSet
             continue
         out[m.name] = m.compute(samples, reference)
     return out
-
-
-METRIC_NAMES = ("fid", "kid", "fid_t", "patch_fid_t", "clip_score", "hps", "pickscore", "image_reward")
-# worlds that measure in their own feature space name their own metrics (evals.digits.evaluate_samples)
-WORLD_METRIC_NAMES = {"digits": ("fid_t", "fid", "prompt_accuracy", "diversity")}
-
-
-def metric_names(family: str) -> tuple[str, ...]:
-    """The eval.metrics names a run of model.family can compute."""
-    return WORLD_METRIC_NAMES.get(family, METRIC_NAMES)
 
 
 def build_metrics(names: Sequence[str], *, weights: Mapping[str, str] | None = None, device: str = "cpu",

@@ -55,8 +55,8 @@ def evaluate_student(distiller, components, cfg, sampler: str, *, progress: bool
 
     def student(ps: list[str], ss: list[int]):
         cond = bundle.text_encoder.encode(ps).to(device)
-        g = torch.Generator().manual_seed(ss[0])
-        x0 = distiller.sample(cond, _noise(ss, bundle.latent_shape, device), sampler, generator=g)
+        rng = torch.Generator().manual_seed(ss[0])
+        x0 = distiller.sample(cond, _noise(ss, bundle.latent_shape, device), sampler, rng=rng)
         return components.render(x0)
 
     uncond = bundle.text_encoder.encode([""]).to(device)

@@ -12,6 +12,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from senseflow.metric_names import WEIGHT_KEYS  # the keys of eval.weights; every WeightSpec.config_key ends in one
+
 __all__ = ["MissingWeightsError", "WeightSpec", "WEIGHTS", "WEIGHT_KEYS", "resolve_weights", "resolve_hub_dir",
            "is_offline", "weights_dir"]
 
@@ -184,7 +186,3 @@ def resolve_weights(spec: WeightSpec | str, path: str | os.PathLike | None = Non
             return hit
     where = "offline and " if is_offline() else ""
     raise _missing(spec, f"{where}not found locally")
-
-
-# the keys of eval.weights: the last part of each WeightSpec.config_key
-WEIGHT_KEYS = tuple(sorted({spec.config_key.rsplit(".", 1)[-1] for spec in WEIGHTS.values()}))

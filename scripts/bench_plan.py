@@ -1,4 +1,4 @@
-"""Planned vs measured: the planner's peak memory and FLOPs against one real training iteration (issue 16).
+"""Planned vs measured: the planner's peak memory and FLOPs against one real training iteration.
 
 For each size (SD3.5-Medium's published blocks, 1 or 2 of them, at 64 or 128 px; fp32) a fresh process
 builds the real networks on the CPU with random weights, creates every optimizer state, and runs one

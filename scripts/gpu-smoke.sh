@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# GPU smoke run (issue 16): the GPU-marked tests, then one full-size random-init SD3.5-Medium SenseFlow run of
+# GPU smoke run: the GPU-marked tests, then one full-size random-init SD3.5-Medium SenseFlow run of
 # 20 iterations at 1024x1024 beside the planner's prediction, and with 2+ GPUs a 2-process FSDP run over NCCL.
 # Exits 3 with one line when no CUDA GPU is visible. Usage: bash scripts/gpu-smoke.sh [overrides...]
 set -euo pipefail

@@ -16,6 +16,7 @@ from pathlib import Path
 # DINOv2 ViT-S/14, B/14, L/14, g/14 (with or without registers)
 _DINOV2_DEPTHS = {"small": 12, "base": 12, "large": 24, "giant": 40}
 TINY_DEPTH = 4  # senseflow.discriminators.tiny_dinov2's default (backbone "tiny-random", and model.tiny runs)
+DIGITS_VIT_DEPTH = 4  # the digits world's backbone ("digits-vit"): its config's backbone.num_hidden_layers default
 
 
 def _config_depth(folder: Path) -> int | None:
@@ -31,9 +32,7 @@ def backbone_depth(name: str) -> int | None:
     if name == "tiny-random":
         return TINY_DEPTH
     if name == "digits-vit":
-        from senseflow.worlds.digits.config import DigitsWorldConfig
-
-        return DigitsWorldConfig().backbone.num_hidden_layers
+        return DIGITS_VIT_DEPTH
     path = Path(os.path.expanduser(name))
     if path.is_dir():
         return _config_depth(path)

@@ -23,6 +23,8 @@ import yaml
 from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, computed_field, field_validator,
                       model_validator)
 
+from senseflow.metric_names import WEIGHT_KEYS, metric_names
+
 
 class ConfigError(ValueError):
     """A bad configuration: the message names the key, the value and what is allowed."""
@@ -231,8 +233,6 @@ class EvalConfig(_Strict):
     @field_validator("weights")
     @classmethod
     def _weight_keys(cls, v: dict[str, str]):
-        from evals.metrics import WEIGHT_KEYS
-
         for key in v:
             if key not in WEIGHT_KEYS:
                 close = difflib.get_close_matches(key, WEIGHT_KEYS, n=1)
@@ -313,8 +313,6 @@ class RunConfig(_Strict):
 
     @model_validator(mode="after")
     def _metrics_and_layers(self):
-        from evals.metrics import metric_names
-
         known = metric_names(self.model.family)
         for m in self.eval.metrics:
             if m not in known:

@@ -1,6 +1,6 @@
-"""Real (image, caption) data for distillation, as `Batch`es drawn with a per-iteration generator.
+"""Real (image, caption) data for distillation, as `Batch`es drawn with a per-iteration random-number generator.
 
-Every source answers `batch(iteration, batch_size, generator)`; the indices come from the generator,
+Every source answers `batch(iteration, batch_size, rng)`; the indices come from `rng`,
 so a resumed run sees exactly the data an uninterrupted one would have seen.
 """
 
@@ -78,13 +78,13 @@ class ImageTextData:
         return len(self.pairs)
 
     @torch.no_grad()
-    def batch(self, iteration: int, batch_size: int, generator: torch.Generator) -> Batch:
-        idx = torch.randint(len(self.pairs), (batch_size,), generator=generator).tolist()
+    def batch(self, iteration: int, batch_size: int, rng: torch.Generator) -> Batch:
+        idx = torch.randint(len(self.pairs), (batch_size,), generator=rng).tolist()
         pixels = torch.stack([load_image(self.pairs[i][0], self.resolution) for i in idx])
         prompts = [self.pairs[i][1] for i in idx]
         device = next(iter(self.codec.parameters()), torch.empty(0)).device
-        # the posterior draw comes last from the batch's generator: indices and images are as without it
-        latents = self.codec.encode(pixels.to(device), generator=generator, sample=self.sample_posterior)
+        # the posterior draw comes last from the batch's rng: indices and images are as without it
+        latents = self.codec.encode(pixels.to(device), rng=rng, sample=self.sample_posterior)
         return Batch(latents, pixels, self.text_encoder.encode(prompts), prompts)
 
 
@@ -100,10 +100,10 @@ class SyntheticData:
         self.sample_posterior = sample_posterior
 
     @torch.no_grad()
-    def batch(self, iteration: int, batch_size: int, generator: torch.Generator) -> Batch:
-        low = torch.rand(batch_size, self.channels, 4, 4, generator=generator) * 2 - 1
+    def batch(self, iteration: int, batch_size: int, rng: torch.Generator) -> Batch:
+        low = torch.rand(batch_size, self.channels, 4, 4, generator=rng) * 2 - 1
         pixels = torch.nn.functional.interpolate(low, size=self.resolution, mode="bilinear", align_corners=False)
-        idx = torch.randint(len(self.PROMPTS), (batch_size,), generator=generator).tolist()
+        idx = torch.randint(len(self.PROMPTS), (batch_size,), generator=rng).tolist()
         prompts = [self.PROMPTS[i] for i in idx]
-        latents = self.codec.encode(pixels, generator=generator, sample=self.sample_posterior)
+        latents = self.codec.encode(pixels, rng=rng, sample=self.sample_posterior)
         return Batch(latents, pixels, self.text_encoder.encode(prompts), prompts)

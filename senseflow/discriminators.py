@@ -70,37 +70,37 @@ class GANInputs:
 
 
 # ============================================================================= DiffAugment
-def _rand(shape, generator: torch.Generator | None, device, dtype=torch.float32) -> Tensor:
-    """U[0, 1) drawn on the generator's device (a CPU generator works for CUDA images), moved to `device`."""
-    where = generator.device if generator is not None else device
-    return torch.rand(shape, generator=generator, device=where, dtype=torch.float32).to(device=device, dtype=dtype)
+def _rand(shape, rng: torch.Generator | None, device, dtype=torch.float32) -> Tensor:
+    """U[0, 1) drawn on the rng's device (a CPU rng works for CUDA images), moved to `device`."""
+    where = rng.device if rng is not None else device
+    return torch.rand(shape, generator=rng, device=where, dtype=torch.float32).to(device=device, dtype=dtype)
 
 
-def _randint(low: int, high: int, shape, generator: torch.Generator | None, device) -> Tensor:
-    where = generator.device if generator is not None else device
-    return torch.randint(low, high, shape, generator=generator, device=where).to(device)
+def _randint(low: int, high: int, shape, rng: torch.Generator | None, device) -> Tensor:
+    where = rng.device if rng is not None else device
+    return torch.randint(low, high, shape, generator=rng, device=where).to(device)
 
 
-def _aug_color(x: Tensor, g: torch.Generator | None) -> Tensor:
+def _aug_color(x: Tensor, rng: torch.Generator | None) -> Tensor:
     """Per-sample brightness (+U(-.5, .5)), saturation (x U(0, 2) about the channel mean) and contrast
     (x U(.5, 1.5) about the image mean), for images in [-1, 1]. Saturation is a no-op on 1 channel."""
     b = x.shape[0]
     shape = (b, 1, 1, 1)
-    x = x + (_rand(shape, g, x.device, x.dtype) - 0.5)
+    x = x + (_rand(shape, rng, x.device, x.dtype) - 0.5)
     grey = x.mean(dim=1, keepdim=True)
-    x = grey + (x - grey) * (2 * _rand(shape, g, x.device, x.dtype))
+    x = grey + (x - grey) * (2 * _rand(shape, rng, x.device, x.dtype))
     mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    return mean + (x - mean) * (_rand(shape, g, x.device, x.dtype) + 0.5)
+    return mean + (x - mean) * (_rand(shape, rng, x.device, x.dtype) + 0.5)
 
 
-def _aug_translation(x: Tensor, g: torch.Generator | None, ratio: float = TRANSLATION_RATIO) -> Tensor:
+def _aug_translation(x: Tensor, rng: torch.Generator | None, ratio: float = TRANSLATION_RATIO) -> Tensor:
     """Shift each image by an integer (dy, dx) in [-r, r] (r = ratio of the side, rounded), zero fill."""
     b, c, h, w = x.shape
     ry, rx = int(h * ratio + 0.5), int(w * ratio + 0.5)
     if ry == 0 and rx == 0:
         return x
-    dy = _randint(-ry, ry + 1, (b,), g, x.device)
-    dx = _randint(-rx, rx + 1, (b,), g, x.device)
+    dy = _randint(-ry, ry + 1, (b,), rng, x.device)
+    dx = _randint(-rx, rx + 1, (b,), rng, x.device)
     padded = F.pad(x, (rx, rx, ry, ry))
     # output (i, j) reads input (i - dy, j - dx), i.e. padded (i - dy + ry, j - dx + rx)
     rows = torch.arange(h, device=x.device)[None, :] + ry - dy[:, None]  # (b, h)
@@ -110,12 +110,12 @@ def _aug_translation(x: Tensor, g: torch.Generator | None, ratio: float = TRANSL
     return out.permute(0, 3, 1, 2).contiguous()
 
 
-def _aug_cutout(x: Tensor, g: torch.Generator | None, ratio: float = CUTOUT_RATIO) -> Tensor:
+def _aug_cutout(x: Tensor, rng: torch.Generator | None, ratio: float = CUTOUT_RATIO) -> Tensor:
     """Zero one (ratio*h) x (ratio*w) rectangle per image, its centre uniform over the image (clipped)."""
     b, _, h, w = x.shape
     sy, sx = max(int(h * ratio + 0.5), 1), max(int(w * ratio + 0.5), 1)
-    cy = _randint(0, h + (1 - sy % 2), (b,), g, x.device)
-    cx = _randint(0, w + (1 - sx % 2), (b,), g, x.device)
+    cy = _randint(0, h + (1 - sy % 2), (b,), rng, x.device)
+    cx = _randint(0, w + (1 - sx % 2), (b,), rng, x.device)
     y0, x0 = cy - sy // 2, cx - sx // 2
     ii = torch.arange(h, device=x.device)[None, :]
     jj = torch.arange(w, device=x.device)[None, :]
@@ -128,12 +128,12 @@ def _aug_cutout(x: Tensor, g: torch.Generator | None, ratio: float = CUTOUT_RATI
 _AUGMENTS = {"color": _aug_color, "translation": _aug_translation, "cutout": _aug_cutout}
 
 
-def diffaugment(x: Tensor, policy: Sequence[str], generator: torch.Generator | None = None) -> Tensor:
+def diffaugment(x: Tensor, policy: Sequence[str], rng: torch.Generator | None = None) -> Tensor:
     """Differentiable augmentation (DiffAugment, Zhao et al. 2020) of images (B, C, H, W) in [-1, 1].
 
     `policy` lists ops from "color", "translation", "cutout", applied in that list's order, each with its
     own per-sample random draw. Every op is built from arithmetic, padding and indexing, so gradients flow
-    to `x`. Deterministic for a seeded `generator` (its device may differ from x's); C may be 1 or 3.
+    to `x`. Deterministic for a seeded `rng` (its device may differ from x's); C may be 1 or 3.
     """
     if x.ndim != 4:
         raise ValueError(f"diffaugment expects (B, C, H, W) images, got shape {tuple(x.shape)}")
@@ -141,7 +141,7 @@ def diffaugment(x: Tensor, policy: Sequence[str], generator: torch.Generator | N
     if unknown:
         raise ValueError(f"unknown DiffAugment op(s) {unknown}; choose from {list(DIFFAUG_OPS)}")
     for name in policy:
-        x = _AUGMENTS[name](x, generator)
+        x = _AUGMENTS[name](x, rng)
     return x
 
 
@@ -422,11 +422,11 @@ class VFMDiscriminator(nn.Module):
     checkpoint_backbone: activation-checkpoint each backbone block when gradients are needed (saves memory
         for the generator's backward at 1024^2).
 
-    forward(images, text_embed, ref_images=None, augment=True, generator=None) -> logits (B, N): images and
+    forward(images, text_embed, ref_images=None, augment=True, rng=None) -> logits (B, N): images and
     ref_images (B, 1 or 3, H, W) in [-1, 1] at the same resolution; text_embed (B, text_dim), or a
     Conditioning whose `pooled` is used. The reference pass runs without gradients (real images, frozen
     backbone). Nothing is cached between calls.
-    real_fake_logits(real, fake, text_embed, ref_images=None, augment=True, generator=None) -> the logits of
+    real_fake_logits(real, fake, text_embed, ref_images=None, augment=True, rng=None) -> the logits of
     both, as two forward calls would give them, in one pass (the discriminator's step; see there).
     """
 
@@ -604,15 +604,15 @@ class VFMDiscriminator(nn.Module):
 
     # ------------------------------------------------------------------ forward
     def forward(self, images: Tensor, text_embed: Tensor | Conditioning | None, ref_images: Tensor | None = None,
-                augment: bool = True, generator: torch.Generator | None = None) -> Tensor:
-        return self._judge([images], text_embed, ref_images, augment, generator)[0]
+                augment: bool = True, rng: torch.Generator | None = None) -> Tensor:
+        return self._judge([images], text_embed, ref_images, augment, rng)[0]
 
     def real_fake_logits(self, real: Tensor, fake: Tensor, text_embed: Tensor | Conditioning | None,
                          ref_images: Tensor | None = None, augment: bool = True,
-                         generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+                         rng: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
         """(D(real), D(fake)) in one pass: the same logits as `self(real, ...)` then `self(fake, ...)`.
 
-        DiffAugment draws from `generator` for real, then for fake, as the two calls would; the frozen
+        DiffAugment draws from `rng` for real, then for fake, as the two calls would; the frozen
         backbone runs once on the concatenation (with the reference too when no gradient must flow through
         it); the reference features and refmaps are computed once and shared; each head runs once on the
         concatenated maps, its local batch norm grouping real and fake samples separately (chunks=2).
@@ -621,7 +621,7 @@ class VFMDiscriminator(nn.Module):
         """
         if real.shape != fake.shape:
             raise ValueError(f"real {tuple(real.shape)} and fake {tuple(fake.shape)} images must have one shape")
-        real_logits, fake_logits = self._judge([real, fake], text_embed, ref_images, augment, generator)
+        real_logits, fake_logits = self._judge([real, fake], text_embed, ref_images, augment, rng)
         return real_logits, fake_logits
 
     # ------------------------------------------------------------------ losses
@@ -634,27 +634,27 @@ class VFMDiscriminator(nn.Module):
         return text, (inputs.real_pixels if self.reference else None)
 
     def generator_loss(self, fake_latents: Tensor, inputs: GANInputs, weight: Tensor,
-                       generator: torch.Generator | None) -> Tensor:
+                       rng: torch.Generator | None) -> Tensor:
         """The hinge generator loss mean(-w D(x)) on the generated latents' decoded (augmented) pixels;
         gradients reach the latents through the decoder and the frozen backbone."""
         pixels = inputs.decode(fake_latents)
         text, ref = self._text_and_reference(inputs)
-        logits = self(pixels, text, ref_images=ref, augment=True, generator=generator)
+        logits = self(pixels, text, ref_images=ref, augment=True, rng=rng)
         return losses.hinge_g_loss(logits, weight)
 
     def discriminator_loss(self, fake_latents: Tensor, inputs: GANInputs, weight: Tensor,
-                           generator: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
+                           rng: torch.Generator | None) -> tuple[Tensor, Tensor, Tensor]:
         """(hinge loss, real logits, fake logits) of D's own step on the real pixels and the generated
         latents' decoded pixels (no gradient to the generator), from one joint pass (`real_fake_logits`)."""
         with torch.no_grad():
             fake = inputs.decode(fake_latents)
         text, ref = self._text_and_reference(inputs)
         real_logits, fake_logits = self.real_fake_logits(inputs.real_pixels, fake, text, ref_images=ref,
-                                                         augment=True, generator=generator)
+                                                         augment=True, rng=rng)
         return losses.hinge_d_loss(real_logits, fake_logits, weight), real_logits, fake_logits
 
     def _judge(self, images: list[Tensor], text_embed: Tensor | Conditioning | None, ref_images: Tensor | None,
-               augment: bool, generator: torch.Generator | None) -> list[Tensor]:
+               augment: bool, rng: torch.Generator | None) -> list[Tensor]:
         """Logits (B, N) for each of the k equal-shaped batches in `images`, sharing text and reference."""
         k, b = len(images), images[0].shape[0]
         if isinstance(text_embed, Conditioning):
@@ -676,8 +676,8 @@ class VFMDiscriminator(nn.Module):
                                  "in batch size and resolution")
         else:
             ref_images = None
-        # one augmentation call per batch, in order: the generator's draws are those of k separate calls
-        xs = [diffaugment(x, self.diffaug, generator) if augment and self.diffaug else x for x in images]
+        # one augmentation call per batch, in order: the rng's draws are those of k separate calls
+        xs = [diffaugment(x, self.diffaug, rng) if augment and self.diffaug else x for x in images]
         x = xs[0] if k == 1 else torch.cat(xs)
         needs_grad = torch.is_grad_enabled() and x.requires_grad
         ref_feats = None
@@ -933,20 +933,20 @@ class DMD2Discriminator(nn.Module):
         return self.trainable_parameters() + list(self.fake_score.parameters())
 
     def generator_loss(self, fake_latents: Tensor, inputs: GANInputs, weight: Tensor,
-                       generator: torch.Generator | None) -> Tensor:
+                       rng: torch.Generator | None) -> Tensor:
         """The non-saturating logistic generator loss on the generated latents re-noised at a drawn time
         (inputs.draw_sigma, then fresh noise)."""
-        t = inputs.draw_sigma(fake_latents.shape[0], generator)
-        x_t = flow.interpolate(fake_latents, inputs.randn(fake_latents.shape, generator), t)
+        t = inputs.draw_sigma(fake_latents.shape[0], rng)
+        x_t = flow.interpolate(fake_latents, inputs.randn(fake_latents.shape, rng), t)
         return losses.logistic_g_loss(self(x_t, t, inputs.cond), weight)
 
     def discriminator_loss(self, fake_latents: Tensor, inputs: GANInputs, weight: Tensor,
-                           generator: torch.Generator | None, train_body: bool = False) -> tuple[Tensor, Tensor, Tensor]:
+                           rng: torch.Generator | None, train_body: bool = False) -> tuple[Tensor, Tensor, Tensor]:
         """(logistic loss, real logits, fake logits) on the real and the generated latents re-noised at one
         drawn time (fresh noise for each), from one joint pass; train_body: see `real_fake_logits`."""
-        t = inputs.draw_sigma(fake_latents.shape[0], generator)
-        real_t = flow.interpolate(inputs.real_latents, inputs.randn(fake_latents.shape, generator), t)
-        fake_t = flow.interpolate(fake_latents, inputs.randn(fake_latents.shape, generator), t)
+        t = inputs.draw_sigma(fake_latents.shape[0], rng)
+        real_t = flow.interpolate(inputs.real_latents, inputs.randn(fake_latents.shape, rng), t)
+        fake_t = flow.interpolate(fake_latents, inputs.randn(fake_latents.shape, rng), t)
         real_logits, fake_logits = self.real_fake_logits(real_t, fake_t, t, inputs.cond, train_body=train_body)
         return losses.logistic_d_loss(real_logits, fake_logits, weight), real_logits, fake_logits
 

@@ -4,9 +4,10 @@ score's step and the discriminator's step.
 The `Distiller` owns the generator G, the fake score F, the frozen teacher, the optional
 discriminator D and their optimizers, and performs `step(iteration, batch)`. It writes no files and
 logs nothing: it returns a dict of scalars. The generator's loss is a sum of named terms (`_dmd_term`,
-`_adversarial_term`, `_isg_term`); the discriminator computes its own losses (senseflow.discriminators). Every random draw of an iteration comes from generators
-seeded by (seed, iteration[, rank]), so an interrupted run resumes bit-identically and the anchor
-index and backward-simulation coin are shared across ranks while the noise differs per rank.
+`_adversarial_term`, `_isg_term`); the discriminator computes its own losses (senseflow.discriminators).
+Every random draw of an iteration comes from random-number generators (`rng`) seeded by (seed, iteration[,
+rank]), so an interrupted run resumes bit-identically and the anchor index and backward-simulation coin are
+shared across ranks while the noise differs per rank.
 """
 
 from __future__ import annotations
@@ -42,25 +43,25 @@ class Batch:
     disc_text: Tensor | None = None  # D's own text embedding of the prompts (gan.text_condition=clip), per step
 
 
-def step_generator(seed: int, iteration: int, stream: int = 0, rank: int = 0) -> torch.Generator:
-    """A CPU generator determined by (seed, iteration, stream, rank)."""
-    g = torch.Generator()
-    g.manual_seed((seed * 1_000_003 + iteration * 9_176 + stream * 131 + rank * 7_919) % (2 ** 63 - 1))
-    return g
+def step_rng(seed: int, iteration: int, stream: int = 0, rank: int = 0) -> torch.Generator:
+    """A CPU random-number generator determined by (seed, iteration, stream, rank)."""
+    rng = torch.Generator()
+    rng.manual_seed((seed * 1_000_003 + iteration * 9_176 + stream * 131 + rank * 7_919) % (2 ** 63 - 1))
+    return rng
 
 
-def draw_sigma(cfg: TimestepConfig, n: int, table: Tensor, generator: torch.Generator) -> Tensor:
+def draw_sigma(cfg: TimestepConfig, n: int, table: Tensor, rng: torch.Generator) -> Tensor:
     if cfg.kind == "table_index":
-        return flow.sample_table_index(n, table, cfg.low, cfg.high, generator=generator)
+        return flow.sample_table_index(n, table, cfg.low, cfg.high, rng=rng)
     if cfg.kind == "logit_normal":
-        s = flow.sample_logit_normal(n, cfg.mean, cfg.std, generator=generator)
+        s = flow.sample_logit_normal(n, cfg.mean, cfg.std, rng=rng)
     else:
-        s = flow.sample_uniform(n, generator=generator)
+        s = flow.sample_uniform(n, rng=rng)
     return flow.shift(s, cfg.shift) if cfg.shift != 1.0 else s
 
 
-def draw_guidance(cfg: GuidanceConfig, n: int, generator: torch.Generator) -> Tensor:
-    return cfg.low + (cfg.high - cfg.low) * torch.rand(n, generator=generator)
+def draw_guidance(cfg: GuidanceConfig, n: int, rng: torch.Generator) -> Tensor:
+    return cfg.low + (cfg.high - cfg.low) * torch.rand(n, generator=rng)
 
 
 def eight_bit_choice(optim) -> bool:
@@ -157,8 +158,8 @@ class Distiller(nn.Module):
     def device(self) -> torch.device:
         return next(self.generator.parameters()).device
 
-    def _randn(self, shape, g: torch.Generator) -> Tensor:
-        return torch.randn(shape, generator=g).to(self.device)
+    def _randn(self, shape, rng: torch.Generator) -> Tensor:
+        return torch.randn(shape, generator=rng).to(self.device)
 
     def _uncond_for(self, b: int) -> Conditioning:
         return self._uncond.to(self.device).expand_to(b)
@@ -180,19 +181,19 @@ class Distiller(nn.Module):
         table = self.sigma_table.cpu()
         return GANInputs(real_latents=batch.latents, real_pixels=batch.pixels, cond=batch.cond, text=batch.disc_text,
                          decode=self.codec.decode,
-                         draw_sigma=lambda n, g: draw_sigma(self.cfg.fake_score.timestep, n, table, g).to(self.device),
+                         draw_sigma=lambda n, rng: draw_sigma(self.cfg.fake_score.timestep, n, table, rng).to(self.device),
                          randn=self._randn)
 
     # ------------------------------------------------------------------ the iteration
-    def generator_input(self, batch: Batch, k: int, backsim: bool, g: torch.Generator) -> Tensor:
+    def generator_input(self, batch: Batch, k: int, backsim: bool, rng: torch.Generator) -> Tensor:
         """x at anchor k: backward simulation of the current G, or a real latent noised to sigma_k."""
         b = batch.latents.shape[0]
         sigma_k = self.few_step.sigma(k)
         if backsim and k > 0:
             # the current G's own sample at anchor k: its x0 at anchor k-1 re-noised with fresh noise
             return self.few_step.backward_simulate(self.generator, batch.cond, k, tuple(batch.latents.shape),
-                                                   generator=g, device=self.device)
-        noise = self._randn(batch.latents.shape, g)
+                                                   rng=rng, device=self.device)
+        noise = self._randn(batch.latents.shape, rng)
         if k == 0 and self.few_step.pure_noise_start:
             return self.few_step.start(noise)  # DMD2's pure_noise_mask: no trace of the real latent
         return flow.interpolate(batch.latents, noise, torch.full((b,), sigma_k, device=self.device))
@@ -219,12 +220,12 @@ class Distiller(nn.Module):
         if cfg.optim.warmup:
             self.set_learning_rates(iteration)
         seed = cfg.train.seed
-        shared = step_generator(seed, iteration, stream=0)            # same on every rank
-        local = step_generator(seed, iteration, stream=1, rank=self.rank)
+        shared_rng = step_rng(seed, iteration, stream=0)            # same on every rank
+        local_rng = step_rng(seed, iteration, stream=1, rank=self.rank)
         gen = iteration % cfg.optim.ttur == 0 if gen_step is None else gen_step
         b = batch.latents.shape[0]
-        k = int(torch.randint(self.few_step.num_steps, (1,), generator=shared))
-        coin = bool(torch.rand(1, generator=shared) < cfg.generator.backsim_prob)
+        k = int(torch.randint(self.few_step.num_steps, (1,), generator=shared_rng))
+        coin = bool(torch.rand(1, generator=shared_rng) < cfg.generator.backsim_prob)
         k = k if anchor is None else anchor
         coin = coin if backsim is None else backsim
         sigma_i = torch.full((b,), self.few_step.sigma(k), device=self.device)
@@ -233,7 +234,7 @@ class Distiller(nn.Module):
         s: dict = {"batch": batch}
 
         def generator_input() -> dict[str, float]:  # backward simulation, or a real latent noised to sigma_k
-            s["x_i"] = self.generator_input(batch, k, coin, local)
+            s["x_i"] = self.generator_input(batch, k, coin, local_rng)
             if self._gan_enabled() and getattr(self.discriminator, "encodes_text", False):
                 s["batch"] = dataclasses.replace(batch, disc_text=self.discriminator.encode_text(batch.prompts))
             return {"gen_step": float(gen), "anchor": float(k)}
@@ -247,34 +248,34 @@ class Distiller(nn.Module):
         def generator_update() -> dict[str, float]:
             if not gen:
                 return {}
-            return self._generator_update(s["batch"], s["x_i"], s["v_g"], s["x0_g"], sigma_i, sigma_next, k, local)
+            return self._generator_update(s["batch"], s["x_i"], s["v_g"], s["x0_g"], sigma_i, sigma_next, k, local_rng)
 
         def fake_score_update() -> dict[str, float]:
             s["x0_g"] = s["x0_g"].detach()
             s.pop("v_g", None)
             if dmd2_guidance:  # DMD2: F and its classifier in one update
-                return self._guidance_update(s["batch"], s["x0_g"], sigma_i, local)
-            return self._fake_score_update(s["batch"], s["x0_g"], local)
+                return self._guidance_update(s["batch"], s["x0_g"], sigma_i, local_rng)
+            return self._fake_score_update(s["batch"], s["x0_g"], local_rng)
 
         def discriminator_update() -> dict[str, float]:
             if not self._gan_enabled() or dmd2_guidance:
                 return {}
-            return self._discriminator_update(s["batch"], s["x0_g"], sigma_i, local)
+            return self._discriminator_update(s["batch"], s["x0_g"], sigma_i, local_rng)
 
         return [("backward simulation", generator_input), ("generator forward", generator_forward),
                 ("generator step", generator_update), ("fake-score step", fake_score_update),
                 ("discriminator step", discriminator_update)]
 
-    def _generator_update(self, batch, x_i, v_g, x0_g, sigma_i, sigma_next, k, g) -> dict[str, float]:
-        """One step of G on the sum of its terms (each draws from `g` in this order), then IDA."""
+    def _generator_update(self, batch, x_i, v_g, x0_g, sigma_i, sigma_next, k, rng) -> dict[str, float]:
+        """One step of G on the sum of its terms (each draws from `rng` in this order), then IDA."""
         # a frozen discriminator (and, for DMD2's head, F's body) stays frozen from building its graph until
         # after the backward: the backward then computes only the input gradients G needs, D's / F's .grad stay
         # untouched, and gradient checkpointing recomputes with the same requires_grad as the forward (else it
         # stops with CheckpointError: a different number of saved tensors)
         held = contextlib.ExitStack()
-        total, out = self._dmd_term(batch, x0_g, g)
-        for loss, metrics in (self._adversarial_term(batch, x0_g, sigma_i, g, held),
-                              self._isg_term(batch, x_i, v_g, x0_g, sigma_i, sigma_next, k, g)):
+        total, out = self._dmd_term(batch, x0_g, rng)
+        for loss, metrics in (self._adversarial_term(batch, x0_g, sigma_i, rng, held),
+                              self._isg_term(batch, x_i, v_g, x0_g, sigma_i, sigma_next, k, rng)):
             if loss is not None:
                 total = total + loss
             out.update(metrics)
@@ -290,13 +291,13 @@ class Distiller(nn.Module):
         out["loss_g"] = float(total.detach())
         return out
 
-    def _dmd_term(self, batch: Batch, x0_g: Tensor, g: torch.Generator) -> tuple[Tensor, dict[str, float]]:
+    def _dmd_term(self, batch: Batch, x0_g: Tensor, rng: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         """Distribution matching: teacher (guided) and fake score denoise the re-noised generator sample."""
         cfg = self.cfg
         b = x0_g.shape[0]
-        t = draw_sigma(cfg.dmd.timestep, b, self.sigma_table.cpu(), g).to(self.device)
-        eps = self._randn(x0_g.shape, g)
-        w = draw_guidance(cfg.dmd.guidance, b, g)
+        t = draw_sigma(cfg.dmd.timestep, b, self.sigma_table.cpu(), rng).to(self.device)
+        eps = self._randn(x0_g.shape, rng)
+        w = draw_guidance(cfg.dmd.guidance, b, rng)
         with torch.no_grad():
             x_t = flow.interpolate(x0_g.detach(), eps, t)
             x0_real = flow.x0_from_velocity(x_t, t, self._teacher_velocity(x_t, t, batch.cond, w))
@@ -305,7 +306,7 @@ class Distiller(nn.Module):
         loss = losses.dmd_loss(x0_g, grad)
         return loss, {"loss_dmd": float(loss.detach()), "dmd_grad_abs": float(grad.abs().mean())}
 
-    def _adversarial_term(self, batch: Batch, x0_g: Tensor, sigma_i: Tensor, g: torch.Generator,
+    def _adversarial_term(self, batch: Batch, x0_g: Tensor, sigma_i: Tensor, rng: torch.Generator,
                           held: contextlib.ExitStack) -> tuple[Tensor | None, dict[str, float]]:
         """gan.weight x the discriminator's generator loss, weighted per sample by omega(sigma_i); None where
         there is no GAN, its weight is 0 or omega is 0 at this anchor. Freezes D's parameters into `held`
@@ -320,18 +321,18 @@ class Distiller(nn.Module):
         d = self.discriminator
         if not cfg.gan.d_receives_g_gradient:
             held.enter_context(frozen(d.frozen_for_generator()))
-        loss = d.generator_loss(x0_g, self._gan_inputs(batch), wgt, g)
+        loss = d.generator_loss(x0_g, self._gan_inputs(batch), wgt, rng)
         return cfg.gan.weight * loss, {"loss_adv": float(loss.detach())}
 
     def _isg_term(self, batch: Batch, x_i: Tensor, v_g: Tensor, x0_g: Tensor, sigma_i: Tensor, sigma_next: Tensor,
-                  k: int, g: torch.Generator) -> tuple[Tensor | None, dict[str, float]]:
+                  k: int, rng: torch.Generator) -> tuple[Tensor | None, dict[str, float]]:
         """isg.weight x the ISG loss in its configured form; None where ISG is off or weighs 0."""
         cfg = self.cfg
         if not (cfg.isg.enabled and cfg.isg.weight > 0):
             return None, {}
         b = x_i.shape[0]
         if cfg.isg.form == "teacher_x0":
-            w_isg = draw_guidance(cfg.isg.guidance, b, g)
+            w_isg = draw_guidance(cfg.isg.guidance, b, rng)
             with torch.no_grad():
                 x0_t = flow.x0_from_velocity(x_i, sigma_i, self._teacher_velocity(x_i, sigma_i, batch.cond, w_isg))
             loss = losses.isg_teacher_x0_loss(x0_g, x0_t, self._segment_end_scale(k), cfg.isg.distance,
@@ -339,8 +340,8 @@ class Distiller(nn.Module):
         else:
             idx_i = torch.full((b,), self.few_step.index(k), dtype=torch.long)
             idx_n = torch.full((b,), self.few_step.index(k + 1), dtype=torch.long)
-            t_mid = losses.sample_isg_midpoint(idx_i, idx_n, cfg.isg.margin, self.sigma_table.cpu(), g).to(self.device)
-            w_isg = draw_guidance(cfg.isg.guidance, b, g)
+            t_mid = losses.sample_isg_midpoint(idx_i, idx_n, cfg.isg.margin, self.sigma_table.cpu(), rng).to(self.device)
+            w_isg = draw_guidance(cfg.isg.guidance, b, rng)
             x_tar = losses.isg_target(
                 x_i, sigma_i, sigma_next, t_mid,
                 teacher_velocity=lambda x, s: self._teacher_velocity(x, s, batch.cond, w_isg),
@@ -348,20 +349,20 @@ class Distiller(nn.Module):
             loss = losses.isg_loss(v_g, x_i, sigma_i, sigma_next, x_tar, cfg.isg.distance, cfg.isg.huber_c)
         return cfg.isg.weight * loss, {"loss_isg": float(loss.detach())}
 
-    def _fake_score_loss(self, batch: Batch, x0_g: Tensor, g: torch.Generator) -> Tensor:
+    def _fake_score_loss(self, batch: Batch, x0_g: Tensor, rng: torch.Generator) -> Tensor:
         """F's denoising loss on the generator's (detached) samples at a fresh time and noise."""
         cfg = self.cfg
         b = x0_g.shape[0]
-        t = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), g).to(self.device)
-        eps = self._randn(x0_g.shape, g)
+        t = draw_sigma(cfg.fake_score.timestep, b, self.sigma_table.cpu(), rng).to(self.device)
+        eps = self._randn(x0_g.shape, rng)
         x_t = flow.interpolate(x0_g, eps, t)
         v = self.fake_score(x_t, t, batch.cond)
         if cfg.fake_score.loss == "epsilon":
             return losses.epsilon_loss(flow.noise_from_velocity(x_t, t, v), eps)
         return losses.fake_score_loss(v, eps, x0_g)
 
-    def _fake_score_update(self, batch: Batch, x0_g: Tensor, g: torch.Generator) -> dict[str, float]:
-        loss = self._fake_score_loss(batch, x0_g, g)
+    def _fake_score_update(self, batch: Batch, x0_g: Tensor, rng: torch.Generator) -> dict[str, float]:
+        loss = self._fake_score_loss(batch, x0_g, rng)
         self.opt_f.zero_grad(set_to_none=True)
         loss.backward()
         norm = self._clip(self.fake_score.parameters())
@@ -369,12 +370,12 @@ class Distiller(nn.Module):
         self.opt_f.zero_grad(set_to_none=True)
         return {"loss_fake": float(loss.detach()), "grad_norm_f": norm}
 
-    def _discriminator_update(self, batch: Batch, x0_g: Tensor, sigma_i: Tensor, g: torch.Generator) -> dict[str, float]:
+    def _discriminator_update(self, batch: Batch, x0_g: Tensor, sigma_i: Tensor, rng: torch.Generator) -> dict[str, float]:
         cfg = self.cfg
         # D steps on every iteration, also where omega is 0 (its loss and gradient are then 0, but Adam's
         # moments and the spectral norms' power iterations still move), as the authors' trainers do
         wgt = losses.omega(sigma_i, cfg.gan.omega)
-        loss, real_logits, fake_logits = self.discriminator.discriminator_loss(x0_g, self._gan_inputs(batch), wgt, g)
+        loss, real_logits, fake_logits = self.discriminator.discriminator_loss(x0_g, self._gan_inputs(batch), wgt, rng)
         loss = cfg.gan.disc_weight * loss
         if not cfg.gan.d_receives_g_gradient:
             self.opt_d.zero_grad(set_to_none=True)
@@ -398,13 +399,13 @@ class Distiller(nn.Module):
             return float(alpha_bar_from_sigma(sigma).sqrt())
         return 1.0 - sigma
 
-    def _guidance_update(self, batch: Batch, x0_g: Tensor, sigma_i: Tensor, g: torch.Generator) -> dict[str, float]:
+    def _guidance_update(self, batch: Batch, x0_g: Tensor, sigma_i: Tensor, rng: torch.Generator) -> dict[str, float]:
         """DMD2's guidance step: the fake score's denoising loss plus disc_weight x its classifier loss, one
         backward through F's body and the head, one clip over both, then both optimizers step."""
         cfg = self.cfg
-        loss_fake = self._fake_score_loss(batch, x0_g, g)
+        loss_fake = self._fake_score_loss(batch, x0_g, rng)
         loss_cls, real_logits, fake_logits = self.discriminator.discriminator_loss(
-            x0_g, self._gan_inputs(batch), losses.omega(sigma_i, cfg.gan.omega), g, train_body=True)
+            x0_g, self._gan_inputs(batch), losses.omega(sigma_i, cfg.gan.omega), rng, train_body=True)
         loss = loss_fake + cfg.gan.disc_weight * loss_cls
         self.opt_f.zero_grad(set_to_none=True)
         self.opt_d.zero_grad(set_to_none=True)
@@ -421,12 +422,12 @@ class Distiller(nn.Module):
     # ------------------------------------------------------------------ inference
     @torch.no_grad()
     def sample(self, cond: Conditioning, noise: Tensor, sampler: str = "stochastic",
-               generator: torch.Generator | None = None) -> Tensor:
+               rng: torch.Generator | None = None) -> Tensor:
         was = self.generator.training
         self.generator.eval()
         try:
             with precision.autocast(self.device, self.cfg.train.mixed_precision):
-                return self.few_step.sample(self.generator, cond, noise, sampler, generator)
+                return self.few_step.sample(self.generator, cond, noise, sampler, rng)
         finally:
             self.generator.train(was)
 

@@ -75,16 +75,16 @@ def flux_shift(sigma: Tensor | float, image_seq_len: int) -> Tensor | float:
 
 
 # ----------------------------------------------------------------------------- samplers
-def sample_uniform(n: int, low: float = 0.0, high: float = 1.0, *, generator: torch.Generator | None = None,
+def sample_uniform(n: int, low: float = 0.0, high: float = 1.0, *, rng: torch.Generator | None = None,
                    device: torch.device | str | None = None) -> Tensor:
     """sigma ~ U(low, high), shape (n,)."""
-    return low + (high - low) * torch.rand(n, generator=generator, device=device)
+    return low + (high - low) * torch.rand(n, generator=rng, device=device)
 
 
-def sample_logit_normal(n: int, mean: float = 0.0, std: float = 1.0, *, generator: torch.Generator | None = None,
+def sample_logit_normal(n: int, mean: float = 0.0, std: float = 1.0, *, rng: torch.Generator | None = None,
                         device: torch.device | str | None = None) -> Tensor:
     """sigma = sigmoid(N(mean, std)), shape (n,): SD3's default training density."""
-    return torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=device))
+    return torch.sigmoid(mean + std * torch.randn(n, generator=rng, device=device))
 
 
 def sigma_table(num_train_timesteps: int = 1000, shift_a: float = 1.0) -> Tensor:
@@ -96,11 +96,11 @@ def sigma_table(num_train_timesteps: int = 1000, shift_a: float = 1.0) -> Tensor
     return shift(s, shift_a).float()
 
 
-def sample_table_index(n: int, table: Tensor, low: int, high: int, *, generator: torch.Generator | None = None) -> Tensor:
+def sample_table_index(n: int, table: Tensor, low: int, high: int, *, rng: torch.Generator | None = None) -> Tensor:
     """sigma = table[i] with i uniform in [low, high] (inclusive), e.g. SD3.5's DMD sampler [20, 980]."""
     if not 0 <= low <= high < len(table):
         raise ValueError(f"index bounds [{low}, {high}] must lie in [0, {len(table) - 1}]")
-    idx = torch.randint(low, high + 1, (n,), generator=generator)
+    idx = torch.randint(low, high + 1, (n,), generator=rng)
     return table[idx]
 
 

@@ -55,23 +55,23 @@ class FewStepGenerator:
 
     @torch.no_grad()
     def backward_simulate(self, student: Denoiser, cond: Conditioning, k: int, shape: tuple[int, ...],
-                          generator: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
+                          rng: torch.Generator | None = None, device: torch.device | str = "cpu") -> Tensor:
         """The generator's own input at anchor k, as it would see it at inference (DMD2 backward simulation).
 
         From pure noise, run the current student over anchors 0..k-1, each time predicting x0 and
         re-noising it with fresh noise to the next anchor. k = 0 returns pure noise.
         """
-        x = self.start(torch.randn(shape, generator=generator).to(device))
+        x = self.start(torch.randn(shape, generator=rng).to(device))
         for j in range(k):
             s = torch.full((shape[0],), self.sigma(j), device=device)
             x0 = student.x0(x, s, cond)
-            fresh = torch.randn(shape, generator=generator).to(device)
+            fresh = torch.randn(shape, generator=rng).to(device)
             x = flow.renoise_step(x0, self.sigma(j + 1), fresh)
         return x
 
     @torch.no_grad()
     def sample(self, student: Denoiser, cond: Conditioning, noise: Tensor, sampler: str = "stochastic",
-               generator: torch.Generator | None = None) -> Tensor:
+               rng: torch.Generator | None = None) -> Tensor:
         """K-step sampling from `noise` (B, C, H, W); returns the clean estimate (B, C, H, W).
 
         stochastic: predict x0 at each anchor, re-noise with fresh noise to the next one (as trained
@@ -90,7 +90,7 @@ class FewStepGenerator:
             x0 = flow.x0_from_velocity(x, s, v)
             if k + 1 == self.num_steps:
                 return x0
-            fresh = torch.randn(x.shape, generator=generator).to(x.device)
+            fresh = torch.randn(x.shape, generator=rng).to(x.device)
             x = flow.renoise_step(x0, self.sigma(k + 1), fresh)
         return x
 

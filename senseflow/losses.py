@@ -67,7 +67,7 @@ def distance(a: Tensor, b: Tensor, kind: str = "pseudo_huber", c: float = 1e-3) 
 def isg_target(x_i: Tensor, sigma_i: Tensor, sigma_next: Tensor, t_mid: Tensor,
                teacher_velocity: Callable[[Tensor, Tensor], Tensor],
                generator_velocity: Callable[[Tensor, Tensor], Tensor]) -> Tensor:
-    """Intra-segment guidance target for the segment sigma_i -> sigma_next (ALGORITHM.md, ISG).
+    """Intra-segment guidance target for the segment sigma_i -> sigma_next (docs/ALGORITHM.md, ISG).
 
     One guided teacher Euler step from sigma_i to t_mid, then the (frozen) generator's own step from
     t_mid to sigma_next:
@@ -99,7 +99,7 @@ def isg_teacher_x0_loss(x0_g: Tensor, x0_teacher: Tensor, scale: float, kind: st
 
 
 def sample_isg_midpoint(idx_i: Tensor, idx_next: Tensor, margin: int, table: Tensor,
-                        generator: torch.Generator | None = None) -> Tensor:
+                        rng: torch.Generator | None = None) -> Tensor:
     """t_mid = table[j], j uniform in [idx_next + margin, idx_i - margin] per sample (idx_next = -1 for sigma 0).
 
     Indices are into the family's sigma table (FLUX: sigma*1000 = j + 1, so margin 20 keeps t_mid 20/1000
@@ -111,7 +111,7 @@ def sample_isg_midpoint(idx_i: Tensor, idx_next: Tensor, margin: int, table: Ten
     mid = (idx_i + idx_next) // 2
     lo = torch.where(bad, mid, lo)
     hi = torch.where(bad, mid, hi)
-    u = torch.rand(idx_i.shape, generator=generator)
+    u = torch.rand(idx_i.shape, generator=rng)
     j = lo + torch.floor(u * (hi - lo + 1).float()).long()
     j = torch.minimum(j, hi).clamp(0, len(table) - 1)
     return table[j]

@@ -1,4 +1,5 @@
-"""One run, end to end: world/model -> distill -> evaluate -> record (ARCHITECTURE.md, "The path of one experiment").
+"""One run, end to end: world/model -> distill -> evaluate -> record (docs/ARCHITECTURE.md, "The path of one
+experiment").
 
 `execute(cfg, run_dir)` is what every executor (in-process, local subprocess, SLURM job) calls. It is
 idempotent: a finished run returns its recorded result at once; an interrupted one resumes from its
@@ -29,6 +30,7 @@ def execute(cfg: RunConfig, run_dir: str | Path | None = None, *, progress: bool
             stop_after: int | None = None, evaluate: bool = True) -> dict[str, Any]:
     """Train (or resume) and evaluate one run; returns its final status dict."""
     from senseflow.components import build_components
+    from senseflow.evaluate import evaluate_run
     from senseflow.parallel import launch_rank
     from senseflow.train import train
 
@@ -42,15 +44,19 @@ def execute(cfg: RunConfig, run_dir: str | Path | None = None, *, progress: bool
 
         eight_bit_choice(cfg.optim)  # a missing optimizer package stops the run before any weight loads
         components = build_components(cfg, progress=progress)
-        result = train(cfg, run_dir, components, run_id=run_id, progress=progress, stop_after=stop_after)
+
+        def evaluate_at(distiller, iteration: int) -> None:  # train.eval_every: every rank, rank 0 records
+            evaluate_run(cfg, run_dir, distiller, components, progress=False, label=f"iter_{iteration}",
+                         iteration=iteration, previews=False, main=distiller.parallel.is_main)
+
+        result = train(cfg, run_dir, components, run_id=run_id, progress=progress, stop_after=stop_after,
+                       evaluate_at=evaluate_at)
         ctx = result.distiller.parallel
         if result.state != State.COMPLETED or not evaluate:
             return read_status(run_dir)
         if ctx.is_main:
             write_status(run_dir, State.EVALUATING, cfg, run_id=run_id)
         t0 = time.time()
-        from senseflow.evaluate import evaluate_run
-
         # every rank evaluates (the student may be sharded); rank 0 records
         evaluate_run(cfg, run_dir, result.distiller, components, progress=progress, main=ctx.is_main)
         if ctx.is_main:

@@ -20,7 +20,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -29,7 +29,7 @@ from senseflow import checkpoint
 from senseflow import config as config_mod
 from senseflow import precision
 from senseflow.config import RunConfig
-from senseflow.distill import Batch, Distiller, finite, step_generator
+from senseflow.distill import Batch, Distiller, finite, step_rng
 from senseflow.run_folder import METRICS_FILE, PREVIEW_SIDE, State, save_png, write_status
 from senseflow.world import Components
 
@@ -65,9 +65,9 @@ def sample_grid(distiller: Distiller, components: Components, cfg: RunConfig, n_
         return None
     prompts = [p for p in components.sample_prompts for _ in range(n_per_prompt)]
     cond = components.bundle.text_encoder.encode(prompts).to(distiller.device)
-    g = torch.Generator().manual_seed(cfg.eval.seed)
-    noise = torch.randn((len(prompts), *components.bundle.latent_shape), generator=g).to(distiller.device)
-    x0 = distiller.sample(cond, noise, cfg.generator.sampler, generator=g)
+    rng = torch.Generator().manual_seed(cfg.eval.seed)
+    noise = torch.randn((len(prompts), *components.bundle.latent_shape), generator=rng).to(distiller.device)
+    x0 = distiller.sample(cond, noise, cfg.generator.sampler, rng=rng)
     imgs = components.render(x0)  # (N, H, W, C)
     from torchvision.utils import make_grid
 
@@ -77,11 +77,17 @@ def sample_grid(distiller: Distiller, components: Components, cfg: RunConfig, n_
 
 # ----------------------------------------------------------------------------- the loop
 def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id: str = "",
-          progress: bool = True, stop_after: int | None = None, device: str | None = None) -> TrainResult:
+          progress: bool = True, stop_after: int | None = None, device: str | None = None,
+          evaluate_at: Callable[[Distiller, int], Any] | None = None) -> TrainResult:
     """Train (or resume) the run in `run_dir` up to cfg.train.iterations.
 
     stop_after: stop after this many iterations in this call (for tests of resume and for preemption).
+    evaluate_at(distiller, iteration): the evaluation every train.eval_every iterations, on every rank
+    (senseflow.run passes senseflow.evaluate's; the loop itself knows no metric). Required when
+    train.eval_every is set.
     """
+    if cfg.train.eval_every and evaluate_at is None:
+        raise ValueError("train.eval_every is set but no evaluate_at was given: train through senseflow.run.execute")
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     run_id = run_id or run_dir.name
@@ -180,7 +186,7 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
     it = start
     with open(metrics_path, "a") if main else open(os.devnull, "w") as mlog:
         for it in bar:
-            batch = components.data.batch(it, cfg.train.batch_size, step_generator(cfg.train.seed, it, stream=2,
+            batch = components.data.batch(it, cfg.train.batch_size, step_rng(cfg.train.seed, it, stream=2,
                                                                                    rank=ctx.rank))
             batch = Batch(batch.latents.to(accelerator.device), batch.pixels.to(accelerator.device),
                           batch.cond.to(accelerator.device), batch.prompts)
@@ -215,10 +221,7 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
                 if main:
                     write_status(run_dir, State.RUNNING, cfg, run_id=run_id, iteration=done)
             if cfg.train.eval_every and done % cfg.train.eval_every == 0 and done < cfg.train.iterations:
-                from senseflow.evaluate import evaluate_run
-
-                evaluate_run(cfg, run_dir, distiller, components, progress=False, label=f"iter_{done}",
-                             iteration=done, previews=False, main=main)
+                evaluate_at(distiller, done)
             if cfg.train.sample_every and done % cfg.train.sample_every == 0:
                 grid = sample_grid(distiller, components, cfg)  # every rank: G's forwards are collective
                 if grid is not None and main:

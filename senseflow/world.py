@@ -24,7 +24,7 @@ from senseflow.models.base import ModelBundle
 
 
 class DataSource(Protocol):
-    def batch(self, iteration: int, batch_size: int, generator: torch.Generator) -> Batch: ...
+    def batch(self, iteration: int, batch_size: int, rng: torch.Generator) -> Batch: ...
 
 
 class Evaluator(Protocol):

@@ -31,13 +31,13 @@ def main() -> None:
         import senseflow.distill as distill
         import senseflow.train as train_mod
 
-        plain = distill.step_generator
+        plain = distill.step_rng
 
         def rank_blind(seed, iteration, stream=0, rank=0):
             return plain(seed, iteration, stream, 0)
 
-        distill.step_generator = rank_blind
-        train_mod.step_generator = rank_blind
+        distill.step_rng = rank_blind
+        train_mod.step_rng = rank_blind
     from senseflow import config as C
     from senseflow.components import build_components
     from senseflow.train import train
@@ -73,7 +73,7 @@ def compare_gradients(cfg, out: Path) -> None:
 
     from senseflow import parallel
     from senseflow.components import build_components
-    from senseflow.distill import Distiller, step_generator
+    from senseflow.distill import Distiller, step_rng
 
     accelerator = Accelerator(cpu=True)
     ctx = parallel.setup(cfg.train.parallel, cfg.train.shard_group, accelerator.device)
@@ -88,7 +88,7 @@ def compare_gradients(cfg, out: Path) -> None:
                          parallel=ctx if sharded else None)
 
     def batch(rank: int):
-        return comps.data.batch(0, cfg.train.batch_size, step_generator(cfg.train.seed, 0, stream=2, rank=rank))
+        return comps.data.batch(0, cfg.train.batch_size, step_rng(cfg.train.seed, 0, stream=2, rank=rank))
 
     # rank 0's unsharded references first (sharding later changes modules shared through `comps` in place)
     per_rank = []

@@ -48,7 +48,7 @@ def test_iteration_and_sampling_write_their_figures(tmp_path, capsys):
 def test_recorder_sees_every_network_and_leaves_no_trace():
     from senseflow.bench import setups
     from senseflow.bench.passes import PassRecorder
-    from senseflow.distill import Distiller, step_generator
+    from senseflow.distill import Distiller, step_rng
 
     cfg = setups.run_config("sd3", "senseflow", ["generator.backsim_prob=1.0"], 2, 1)
     comps = setups.build("sd3", cfg, tiny=True).components
@@ -56,7 +56,7 @@ def test_recorder_sees_every_network_and_leaves_no_trace():
     d = Distiller(cfg, b.teacher, b.text_encoder, b.codec, b.sigma_table, make_discriminator=comps.make_discriminator)
     flags = [p.requires_grad for p in d.parameters()]
     rec = PassRecorder().attach(d)
-    batch = comps.data.batch(0, 2, step_generator(0, 0, stream=2))
+    batch = comps.data.batch(0, 2, step_rng(0, 0, stream=2))
     rec.start()
     d.step(0, batch)
     rec.stop()

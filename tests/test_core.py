@@ -28,12 +28,12 @@ def test_dmd_gradient_is_the_normalised_score_difference():
     """g = (x0_fake - x0_real)/norm, and x0_fake - x0_real = s^2/(1-s) (score_fake - score_real)."""
     real, fake = GMMTeacher(MEANS, 0.3), GMMTeacher(MEANS + 0.7, 0.5)
     text = GMMTextEncoder(K)
-    g = torch.Generator().manual_seed(0)
-    labels = torch.randint(K, (64,), generator=g)
+    rng = torch.Generator().manual_seed(0)
+    labels = torch.randint(K, (64,), generator=rng)
     cond = text.encode(_prompts(labels))
-    x0_g = real.sample(labels, g).requires_grad_(True)
+    x0_g = real.sample(labels, rng).requires_grad_(True)
     s = torch.full((64,), 0.4)
-    x_t = flow.interpolate(x0_g.detach(), torch.randn(x0_g.shape, generator=g), s)
+    x_t = flow.interpolate(x0_g.detach(), torch.randn(x0_g.shape, generator=rng), s)
     x0_real, x0_fake = real.x0_hat(x_t, s, cond), fake.x0_hat(x_t, s, cond)
     grad = losses.dmd_gradient(x0_g, x0_real, x0_fake)
     # direction: per-sample positive multiple of (x0_fake - x0_real)
@@ -55,12 +55,12 @@ def test_dmd_gradient_is_the_normalised_score_difference():
 def test_dmd_gradient_vanishes_with_a_perfect_fake_score():
     real = GMMTeacher(MEANS, 0.3)
     text = GMMTextEncoder(K)
-    g = torch.Generator().manual_seed(1)
-    labels = torch.randint(K, (32,), generator=g)
+    rng = torch.Generator().manual_seed(1)
+    labels = torch.randint(K, (32,), generator=rng)
     cond = text.encode(_prompts(labels))
-    x0_g = real.sample(labels, g)
-    s = torch.rand(32, generator=g) * 0.9 + 0.05
-    x_t = flow.interpolate(x0_g, torch.randn(x0_g.shape, generator=g), s)
+    x0_g = real.sample(labels, rng)
+    s = torch.rand(32, generator=rng) * 0.9 + 0.05
+    x_t = flow.interpolate(x0_g, torch.randn(x0_g.shape, generator=rng), s)
     same = copy.deepcopy(real)  # the generator already matches the data: the fake score equals the real one
     grad = losses.dmd_gradient(x0_g, real.x0_hat(x_t, s, cond), same.x0_hat(x_t, s, cond))
     assert float(grad.abs().max()) == 0.0
@@ -81,17 +81,17 @@ def _distill(anchors, iterations, fit_steps, seed=0):
     cfg = _cfg(f"generator.anchor_indices={anchors}", "isg.enabled=false", "ida.enabled=true",
                "optim.lr_generator=1e-3", "optim.lr_fake=1e-3", f"train.seed={seed}")
     d = Distiller(cfg, teacher, text, IdentityCodec(), flow.sigma_table(1000, 1.0), student_init=student)
-    g = torch.Generator().manual_seed(100 + seed)
+    rng = torch.Generator().manual_seed(100 + seed)
 
     def distance():
-        labels = torch.randint(K, (2000,), generator=g)
-        x = d.sample(text.encode(_prompts(labels)), torch.randn(2000, 2, 1, 1, generator=g), "stochastic", generator=g)
-        return sliced_wasserstein(x, teacher.sample(labels, g))
+        labels = torch.randint(K, (2000,), generator=rng)
+        x = d.sample(text.encode(_prompts(labels)), torch.randn(2000, 2, 1, 1, generator=rng), "stochastic", rng=rng)
+        return sliced_wasserstein(x, teacher.sample(labels, rng))
 
     start = distance()
     for it in range(iterations):
-        labels = torch.randint(K, (128,), generator=g)
-        x0 = teacher.sample(labels, g)
+        labels = torch.randint(K, (128,), generator=rng)
+        x0 = teacher.sample(labels, rng)
         d.step(it, Batch(x0, x0, text.encode(_prompts(labels))))
     return start, distance()
 
@@ -145,13 +145,13 @@ def _point_mass_world():
 
 def test_isg_loss_vanishes_for_the_exact_flow_map_and_is_positive_otherwise():
     teacher, text = _point_mass_world()
-    g = torch.Generator().manual_seed(3)
-    labels = torch.randint(K, (64,), generator=g)
+    rng = torch.Generator().manual_seed(3)
+    labels = torch.randint(K, (64,), generator=rng)
     cond = text.encode(_prompts(labels))
-    x_i = torch.randn(64, 2, 1, 1, generator=g)
+    x_i = torch.randn(64, 2, 1, 1, generator=rng)
     s_i, s_next = torch.full((64,), 1.0), torch.full((64,), 0.75)
     t_mid = losses.sample_isg_midpoint(torch.full((64,), 999), torch.full((64,), 749), 20,
-                                       flow.sigma_table(1000, 1.0), g)
+                                       flow.sigma_table(1000, 1.0), rng)
     assert float(t_mid.min()) >= 0.769 and float(t_mid.max()) <= 0.98
     tv = lambda x, s: teacher(x, s, cond)  # noqa: E731
     exact = losses.isg_loss(teacher(x_i, s_i, cond), x_i, s_i, s_next,
@@ -184,11 +184,11 @@ def test_isg_gradients_reach_only_the_generator():
 
 def test_isg_midpoint_respects_margins_and_last_segment():
     table = flow.sigma_table(1000, 1.0)
-    g = torch.Generator().manual_seed(0)
-    t = losses.sample_isg_midpoint(torch.full((4000,), 249), torch.full((4000,), -1), 20, table, g)
+    rng = torch.Generator().manual_seed(0)
+    t = losses.sample_isg_midpoint(torch.full((4000,), 249), torch.full((4000,), -1), 20, table, rng)
     assert abs(float(t.min()) - 0.020) < 1e-6 and abs(float(t.max()) - 0.230) < 1e-6
     # a segment shorter than twice the margin uses its middle index
-    t2 = losses.sample_isg_midpoint(torch.tensor([30]), torch.tensor([20]), 20, table, g)
+    t2 = losses.sample_isg_midpoint(torch.tensor([30]), torch.tensor([20]), 20, table, rng)
     assert float(t2) == pytest.approx(float(table[25]))
 
 

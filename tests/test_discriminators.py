@@ -16,12 +16,12 @@ from senseflow.discriminators import (SMALL_MAP, BatchNormLocal, DMD2Discriminat
 from senseflow.models.base import Conditioning
 
 
-def _gen(seed: int) -> torch.Generator:
+def _rng(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
 def _images(b: int, c: int, side: int, seed: int = 0) -> torch.Tensor:
-    return torch.rand(b, c, side, side, generator=_gen(seed)) * 2 - 1
+    return torch.rand(b, c, side, side, generator=_rng(seed)) * 2 - 1
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -46,20 +46,20 @@ def dino():
 def test_diffaugment_shape_seed_determinism(channels):
     x = _images(6, channels, 16)
     policy = ["color", "translation", "cutout"]
-    a = diffaugment(x, policy, _gen(1))
-    b = diffaugment(x, policy, _gen(1))
-    c = diffaugment(x, policy, _gen(2))
+    a = diffaugment(x, policy, _rng(1))
+    b = diffaugment(x, policy, _rng(1))
+    c = diffaugment(x, policy, _rng(2))
     assert a.shape == x.shape
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
-    assert torch.equal(diffaugment(x, [], _gen(1)), x)
+    assert torch.equal(diffaugment(x, [], _rng(1)), x)
     with pytest.raises(ValueError, match="unknown DiffAugment"):
-        diffaugment(x, ["rotate"], _gen(1))
+        diffaugment(x, ["rotate"], _rng(1))
 
 
 def test_translation_is_a_zero_filled_integer_shift():
-    x = torch.rand(8, 2, 16, 16, generator=_gen(0)) + 0.5  # strictly positive: fill zeros are visible
-    out = diffaugment(x, ["translation"], _gen(3))
+    x = torch.rand(8, 2, 16, 16, generator=_rng(0)) + 0.5  # strictly positive: fill zeros are visible
+    out = diffaugment(x, ["translation"], _rng(3))
     r = 2  # 16 / 8
     assert not torch.equal(out, x)
     for i in range(x.shape[0]):
@@ -76,8 +76,8 @@ def test_translation_is_a_zero_filled_integer_shift():
 
 
 def test_cutout_zeroes_one_rectangle_of_at_most_half_size():
-    x = torch.rand(8, 3, 16, 16, generator=_gen(0)) + 0.5
-    out = diffaugment(x, ["cutout"], _gen(4))
+    x = torch.rand(8, 3, 16, 16, generator=_rng(0)) + 0.5
+    out = diffaugment(x, ["cutout"], _rng(4))
     for i in range(x.shape[0]):
         cut = out[i, 0] == 0
         assert cut.any()
@@ -90,16 +90,16 @@ def test_cutout_zeroes_one_rectangle_of_at_most_half_size():
 
 def test_diffaugment_is_differentiable_and_color_changes_values():
     x = _images(4, 3, 16).requires_grad_(True)
-    out = diffaugment(x, ["color", "translation", "cutout"], _gen(5))
+    out = diffaugment(x, ["color", "translation", "cutout"], _rng(5))
     (out * torch.randn_like(out)).sum().backward()
     assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
-    col = diffaugment(x.detach(), ["color"], _gen(6))
+    col = diffaugment(x.detach(), ["color"], _rng(6))
     assert (col - x.detach()).abs().amax(dim=(1, 2, 3)).min() > 1e-3  # every sample altered
 
 
 def test_diffaugment_with_cpu_generator_keeps_input_device_and_dtype():
     x = _images(2, 3, 8).double()
-    out = diffaugment(x, ["color", "translation", "cutout"], _gen(0))
+    out = diffaugment(x, ["color", "translation", "cutout"], _rng(0))
     assert out.dtype == torch.float64 and out.device == x.device
 
 
@@ -242,10 +242,10 @@ def test_vfm_output_shapes_tiny_and_32px(dino):
     d8 = VFMDiscriminator(dino, text_dim=16, image_size=8)
     assert d8.downsample == 2 and len(d8.heads) == 5  # 4x4 grid: 4 -> 2 -> 1; embeddings + blocks 0..3
     x = _images(4, 1, 8)
-    assert d8(x, torch.randn(4, 16), ref_images=x, generator=_gen(0)).shape == (4, 5)
+    assert d8(x, torch.randn(4, 16), ref_images=x, rng=_rng(0)).shape == (4, 5)
     d32 = VFMDiscriminator(dino, text_dim=16, layers=[1, 3])
     x = _images(3, 3, 32)
-    assert d32(x, torch.randn(3, 16), ref_images=x, generator=_gen(0)).shape == (3, 3 * 4)  # 16 -> 8 -> 4 -> 2
+    assert d32(x, torch.randn(3, 16), ref_images=x, rng=_rng(0)).shape == (3, 3 * 4)  # 16 -> 8 -> 4 -> 2
     # unclamped heads on a 4x4 grid stop at 1x1 instead of failing
     dyn = VFMDiscriminator(dino, text_dim=16, layers=[3], reference=False)
     assert dyn(_images(2, 1, 8), torch.randn(2, 16), augment=False).shape == (2, 2)
@@ -260,7 +260,7 @@ def test_vfm_gradients_reach_heads_and_input_not_backbone(dino):
     assert len(trainable) == len(list(d.parameters())) - len(backbone_ids)
     fake = _images(4, 1, 8, seed=1).requires_grad_(True)  # the generator's sample
     real = _images(4, 1, 8, seed=2)
-    logits = d(fake, torch.randn(4, 16), ref_images=real, generator=_gen(0))
+    logits = d(fake, torch.randn(4, 16), ref_images=real, rng=_rng(0))
     (-logits.mean()).backward()
     assert all(p.grad is None for p in d.backbone.parameters())
     assert all(p.grad is not None for p in trainable), "clamped heads must use every parameter"
@@ -297,9 +297,9 @@ def test_vfm_reference_and_text_conditioning(dino):
     b = n(x, t, ref_images=r1, augment=False)
     assert torch.equal(b, n(x, t, ref_images=r2, augment=False))
     assert torch.equal(b, n(x, t, augment=False))
-    # augmentation touches the judged image only: the reference pass is unchanged under any generator
-    aug1 = d(x, t, ref_images=r1, generator=_gen(7))
-    assert torch.equal(aug1, d(x, t, ref_images=r1, generator=_gen(7)))
+    # augmentation touches the judged image only: the reference pass is unchanged under any rng
+    aug1 = d(x, t, ref_images=r1, rng=_rng(7))
+    assert torch.equal(aug1, d(x, t, ref_images=r1, rng=_rng(7)))
     assert not torch.allclose(aug1, a)
 
 
@@ -309,19 +309,19 @@ def test_vfm_real_fake_logits_equal_two_calls(dino, batch):
     d = VFMDiscriminator(dino, text_dim=16, image_size=8, virtual_batch=4).eval()  # eval: no power iteration
     real, fake, ref = _images(batch, 1, 8, 1), _images(batch, 1, 8, 2), _images(batch, 1, 8, 3)
     t = torch.randn(batch, 16)
-    gen = _gen(5)  # DiffAugment draws for real then fake, in the order of two calls
-    sep = (d(real, t, ref_images=ref, generator=gen), d(fake, t, ref_images=ref, generator=gen))
-    joint = d.real_fake_logits(real, fake, t, ref_images=ref, generator=_gen(5))
+    rng = _rng(5)  # DiffAugment draws for real then fake, in the order of two calls
+    sep = (d(real, t, ref_images=ref, rng=rng), d(fake, t, ref_images=ref, rng=rng))
+    joint = d.real_fake_logits(real, fake, t, ref_images=ref, rng=_rng(5))
     assert joint[0].shape == (batch, 5)
     for a, b in zip(joint, sep):
         assert torch.allclose(a, b, atol=1e-5)
     # the same gradients on every trainable parameter (refmappers: the sum of the two calls' shares)
     params = d.trainable_parameters()
-    gen = _gen(5)
-    g_sep = torch.autograd.grad(losses.hinge_d_loss(d(real, t, ref_images=ref, generator=gen),
-                                                    d(fake, t, ref_images=ref, generator=gen)), params)
+    rng = _rng(5)
+    g_sep = torch.autograd.grad(losses.hinge_d_loss(d(real, t, ref_images=ref, rng=rng),
+                                                    d(fake, t, ref_images=ref, rng=rng)), params)
     g_joint = torch.autograd.grad(losses.hinge_d_loss(*d.real_fake_logits(real, fake, t, ref_images=ref,
-                                                                          generator=_gen(5))), params)
+                                                                          rng=_rng(5))), params)
     for a, b in zip(g_joint, g_sep):
         assert torch.allclose(a, b, atol=1e-5)
     # without reference and augmentation too; BatchNormLocal is back to one chunk afterwards
@@ -344,8 +344,8 @@ def test_vfm_real_fake_logits_do_one_power_iteration(dino):
     twin = copy.deepcopy(d)
     real, fake = _images(4, 3, 8, 1), _images(4, 3, 8, 2)
     t = torch.randn(4, 16)
-    joint = d.real_fake_logits(real, fake, t, ref_images=real, generator=_gen(0))
-    first = twin(real, t, ref_images=real, generator=_gen(0))
+    joint = d.real_fake_logits(real, fake, t, ref_images=real, rng=_rng(0))
+    first = twin(real, t, ref_images=real, rng=_rng(0))
     assert torch.allclose(joint[0], first, atol=1e-5)
     for (name, a), b in zip(d.named_buffers(), twin.buffers()):
         if name.endswith(("_u", "_v")):
@@ -358,7 +358,7 @@ def test_frozen_discriminator_passes_gradient_to_the_input_only(dino):
     x = _images(4, 1, 8, 1).requires_grad_(True)
     with frozen(params):
         assert not any(p.requires_grad for p in params)
-        logits = d(x, torch.randn(4, 16), ref_images=_images(4, 1, 8, 2), generator=_gen(0))
+        logits = d(x, torch.randn(4, 16), ref_images=_images(4, 1, 8, 2), rng=_rng(0))
     assert all(p.requires_grad for p in params)  # restored before the backward
     (-logits.mean()).backward()
     assert x.grad is not None and x.grad.abs().sum() > 0
@@ -400,8 +400,8 @@ def _sd3_fake():
 
 
 def _cond(b: int, text_dim: int = 32, pooled: int = 32, **extra) -> Conditioning:
-    g = _gen(11)
-    return Conditioning(torch.randn(b, 5, text_dim, generator=g), torch.randn(b, pooled, generator=g), extra)
+    rng = _rng(11)
+    return Conditioning(torch.randn(b, 5, text_dim, generator=rng), torch.randn(b, pooled, generator=rng), extra)
 
 
 def test_dmd2_on_sd3_shapes_grads_and_no_leaking_hooks():
@@ -412,7 +412,7 @@ def test_dmd2_on_sd3_shapes_grads_and_no_leaking_hooks():
     head_ids = {id(p) for p in d.head.parameters()}
     assert {id(p) for p in d.trainable_parameters()} == head_ids
     assert {id(p) for p in d.parameters()} == head_ids and all(k.startswith("head.") for k in d.state_dict())
-    x = torch.randn(3, 1, 8, 8, generator=_gen(1))
+    x = torch.randn(3, 1, 8, 8, generator=_rng(1))
     sigma, cond = torch.tensor([0.2, 0.5, 0.9]), _cond(3)
     with torch.no_grad():
         before = fake(x, sigma, cond)
@@ -457,7 +457,7 @@ def test_dmd2_on_flux_and_sdxl_bottlenecks():
     with pytest.raises(ValueError, match="latent_size"):
         DMD2Discriminator(flux)
     d = DMD2Discriminator(flux, latent_size=8)  # packed 2x2 -> a 4x4 token grid
-    x = torch.randn(2, 4, 8, 8, generator=_gen(2))
+    x = torch.randn(2, 4, 8, 8, generator=_rng(2))
     assert d.bottleneck(x, torch.tensor([0.3, 0.7]), _cond(2)).shape == (2, 32, 4, 4)
     assert d(x, torch.tensor([0.3, 0.7]), _cond(2)).shape == (2,)
 
@@ -480,7 +480,7 @@ def test_dmd2_on_flux_and_sdxl_bottlenecks():
 def test_dmd2_real_fake_logits_equal_two_calls_and_train_the_head_only():
     fake = _sd3_fake()
     d = DMD2Discriminator(fake)
-    real_t, fake_t = torch.randn(3, 1, 8, 8, generator=_gen(1)), torch.randn(3, 1, 8, 8, generator=_gen(2))
+    real_t, fake_t = torch.randn(3, 1, 8, 8, generator=_rng(1)), torch.randn(3, 1, 8, 8, generator=_rng(2))
     sigma, cond = torch.tensor([0.2, 0.5, 0.9]), _cond(3)
     with torch.no_grad():
         sep = d(real_t, sigma, cond), d(fake_t, sigma, cond)
@@ -517,7 +517,7 @@ def test_build_discriminator_from_config(dino):
                             fake, backbone=dino, image_size=8)
     assert isinstance(v, VFMDiscriminator) and v.text_dim == 32 and v.heads[0].main[0][1].virtual_batch == 2
     assert isinstance(v.cmapper, torch.nn.Linear) and v.cmappers is None and not v.encodes_text
-    assert v(_images(2, 1, 8), torch.randn(2, 32), generator=_gen(0)).shape == (2, 5)
+    assert v(_images(2, 1, 8), torch.randn(2, 32), rng=_rng(0)).shape == (2, 5)
     dm = build_discriminator(GANConfig(kind="dmd2"), fake, latent_size=16)
     assert isinstance(dm, DMD2Discriminator) and len(dm.head.downs) == 1  # 16 / patch 2 = 8 -> one block
     assert dm(torch.randn(2, 1, 16, 16), torch.tensor([0.5, 0.5]), _cond(2)).shape == (2,)
@@ -564,7 +564,7 @@ def test_vfm_text_condition_clip_per_head_and_pooled_shared(dino):
     e = v.encode_text(["a red square", "a cat"])
     assert e.shape == (2, 24) and torch.equal(e, clip.model(clip.tokenizer(
         ["a red square", "a cat"], padding="max_length", max_length=77, return_tensors="pt").input_ids).text_embeds)
-    out = v(_images(2, 1, 8), e, generator=_gen(0))
+    out = v(_images(2, 1, 8), e, rng=_rng(0))
     assert out.shape == (2, 5)
     # each head has its own text map: changing one head's layer changes that head's logits only
     v.eval()

@@ -37,10 +37,10 @@ def _run_folder(tmp_path, family, extra=()):
     ck.mkdir(parents=True)
     (ck / "trainer.json").write_text(json.dumps({"iteration": 10}))
     student = tiny_bundle(family, RES).teacher.student_copy()
-    g = torch.Generator().manual_seed(7)
+    rng = torch.Generator().manual_seed(7)
     with torch.no_grad():
         for p in student.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
+            p.add_(0.02 * torch.randn(p.shape, generator=rng))
     save_file({k: v.contiguous() for k, v in student.state_dict().items()}, str(ck / "generator.safetensors"))
     return cfg, run
 
@@ -95,11 +95,11 @@ def _same_step_noise(monkeypatch, family, components):
     from senseflow.models.flux import pack_latents
 
     shape = (len(PROMPTS), *components.bundle.latent_shape)
-    g = torch.Generator().manual_seed(0)
-    torch.randn(shape, generator=g)
+    rng = torch.Generator().manual_seed(0)
+    torch.randn(shape, generator=rng)
 
     def randn_tensor(_shape, generator=None, device=None, dtype=None, **_):
-        x = torch.randn(shape, generator=g)
+        x = torch.randn(shape, generator=rng)
         return (pack_latents(x) if family == "flux" else x).to(device=device, dtype=dtype)
 
     monkeypatch.setattr(fm, "randn_tensor", randn_tensor)
@@ -209,7 +209,7 @@ def test_scheduler_lands_on_shifted_anchors_and_the_default_does_not():
     assert exact
     torch.testing.assert_close(torch.tensor(pipeline_schedule("sd3", sched, 4)), torch.tensor([1.0, 0.9, 0.75, 0.5]),
                                atol=1e-6, rtol=0)
-    # what the issue saw: SD3.5's own scheduler at 4 steps, and the anchors passed as sigmas (shifted twice)
+    # the mistake guarded against: SD3.5's own scheduler at 4 steps, and the anchors passed as sigmas (shifted twice)
     sd35 = FlowMatchEulerDiscreteScheduler(shift=3.0)
     assert [round(s, 3) for s in pipeline_schedule("sd3", sd35, 4)] == [1.0, 0.858, 0.602, 0.009]
     sd35.set_timesteps(sigmas=[1.0, 0.9, 0.75, 0.5])

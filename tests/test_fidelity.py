@@ -12,7 +12,7 @@ import yaml
 from senseflow import config as C
 from senseflow import flow, losses
 from senseflow.components import build_components
-from senseflow.distill import Distiller, step_generator
+from senseflow.distill import Distiller, step_rng
 
 TINY = ["model.tiny=true", "model.resolution=32", "train.batch_size=2", "eval.metrics=[]",
         "train.mixed_precision=no", "gan.layers=null", "optim.eight_bit=false"]
@@ -117,11 +117,11 @@ def _distiller(preset: str, *over: str, seed: int = 0):
 
 
 def _batch(cfg, comps, it: int = 0):
-    return comps.data.batch(it, cfg.train.batch_size, step_generator(cfg.train.seed, it, stream=2))
+    return comps.data.batch(it, cfg.train.batch_size, step_rng(cfg.train.seed, it, stream=2))
 
 
 def _anchor(it: int, seed: int = 0, steps: int = 4) -> int:
-    return int(torch.randint(steps, (1,), generator=step_generator(seed, it, stream=0)))
+    return int(torch.randint(steps, (1,), generator=step_rng(seed, it, stream=0)))
 
 
 def test_d_steps_on_every_iteration_also_where_omega_is_zero():
@@ -207,9 +207,9 @@ def test_the_authors_sdxl_isg_is_the_teacher_x0_form_and_ignores_the_midpoint():
     from senseflow.models.sdxl import ddpm_alphas_cumprod
 
     ab = ddpm_alphas_cumprod().double()
-    g = torch.Generator().manual_seed(0)
-    x_t = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)
-    eps_teacher, eps_g = (torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64) for _ in range(2))
+    rng = torch.Generator().manual_seed(0)
+    x_t = torch.randn(2, 4, 8, 8, generator=rng, dtype=torch.float64)
+    eps_teacher, eps_g = (torch.randn(2, 4, 8, 8, generator=rng, dtype=torch.float64) for _ in range(2))
     t, t_prev = 749, 499
 
     def x0_of(x, eps, step):
@@ -221,7 +221,7 @@ def test_the_authors_sdxl_isg_is_the_teacher_x0_form_and_ignores_the_midpoint():
     x0_teacher, x0_gen = x0_of(x_t, eps_teacher, t), x0_of(x_t, eps_g, t)
     values = []
     for t_mid in (520, 600, 728):
-        eps_mid = torch.randn(2, 4, 8, 8, generator=g, dtype=torch.float64)  # G's eps at the midpoint
+        eps_mid = torch.randn(2, 4, 8, 8, generator=rng, dtype=torch.float64)  # G's eps at the midpoint
         x_mid = noised(x0_teacher, eps_teacher, t_mid)
         target = noised(x0_of(x_mid, eps_teacher, t_mid), eps_mid, t_prev)
         direct = noised(x0_gen, eps_mid, t_prev)
@@ -259,14 +259,14 @@ def test_sdxl_first_anchor_is_unit_variance_pure_noise_in_the_unets_input():
     batch = _batch(cfg, comps)
     s0 = d.few_step.sigma(0)
     assert s0 < 0.95  # SDXL's DDPM chain ends below sigma 1
-    g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    x = d.generator_input(batch, 0, False, g1)
-    noise = torch.randn(batch.latents.shape, generator=g2)
+    rng1, rng2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
+    x = d.generator_input(batch, 0, False, rng1)
+    noise = torch.randn(batch.latents.shape, generator=rng2)
     assert torch.allclose(x * latent_scale(s0), noise, atol=1e-6)        # the UNet reads the noise itself
     # backward simulation and sampling start from the same input
-    g1, g2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
-    start = d.few_step.backward_simulate(d.generator, batch.cond, 0, tuple(batch.latents.shape), generator=g1)
-    assert torch.allclose(start * latent_scale(s0), torch.randn(batch.latents.shape, generator=g2), atol=1e-6)
+    rng1, rng2 = torch.Generator().manual_seed(4), torch.Generator().manual_seed(4)
+    start = d.few_step.backward_simulate(d.generator, batch.cond, 0, tuple(batch.latents.shape), rng=rng1)
+    assert torch.allclose(start * latent_scale(s0), torch.randn(batch.latents.shape, generator=rng2), atol=1e-6)
     # off: the flow point (1 - s0) x0 + s0 noise, whose UNet input has variance c(s0)^2 s0^2 + ... != 1
     cfg2, comps2, d2 = _distiller("sdxl-senseflow", "gan.kind=none", "generator.pure_noise_start=false")
     x2 = d2.generator_input(batch, 0, False, torch.Generator().manual_seed(3))
@@ -282,10 +282,10 @@ def test_backward_simulation_is_dmd2s_in_ddpm_coordinates():
     cfg, comps, d = _distiller("sdxl-dmd2", "model.dtype=float32")  # the test drives the raw UNet in fp32
     batch = _batch(cfg, comps)
     shape, k = tuple(batch.latents.shape), 2
-    ours = d.few_step.backward_simulate(d.generator, batch.cond, k, shape, generator=torch.Generator().manual_seed(5))
+    ours = d.few_step.backward_simulate(d.generator, batch.cond, k, shape, rng=torch.Generator().manual_seed(5))
     ab = ddpm_alphas_cumprod()
-    g = torch.Generator().manual_seed(5)
-    x_t = torch.randn(shape, generator=g)
+    rng = torch.Generator().manual_seed(5)
+    x_t = torch.randn(shape, generator=rng)
     unet = d.generator.backbone
     added = {"text_embeds": batch.cond.pooled, "time_ids": batch.cond.extra["time_ids"]}
     with torch.no_grad():
@@ -293,7 +293,7 @@ def test_backward_simulation_is_dmd2s_in_ddpm_coordinates():
             eps = unet(x_t, torch.full((shape[0],), float(t)), encoder_hidden_states=batch.cond.prompt_embeds,
                        added_cond_kwargs=added, return_dict=False)[0]
             x0 = (x_t - (1 - ab[t]).sqrt() * eps) / ab[t].sqrt()
-            x_t = ab[t_next].sqrt() * x0 + (1 - ab[t_next]).sqrt() * torch.randn(shape, generator=g)
+            x_t = ab[t_next].sqrt() * x0 + (1 - ab[t_next]).sqrt() * torch.randn(shape, generator=rng)
     assert torch.allclose(ours * latent_scale(d.few_step.sigma(k)), x_t, atol=1e-4)
 
 
@@ -302,7 +302,7 @@ def test_real_latents_are_drawn_from_the_vae_posterior():
     codec = comps.bundle.codec
     a = _batch(cfg, comps)
     b = _batch(cfg, comps)
-    assert torch.equal(a.latents, b.latents)  # a draw, but determined by the iteration's generator
+    assert torch.equal(a.latents, b.latents)  # a draw, but determined by the iteration's rng
     mean = codec.encode(a.pixels)  # the posterior mean (codec default)
     assert not torch.allclose(a.latents, mean)
     dist = codec.vae.encode(a.pixels).latent_dist
@@ -357,8 +357,8 @@ def test_time_weights_are_the_authors_tables_at_every_anchor():
 
 
 def test_fake_score_losses_are_flow_matching_and_sdxls_epsilon_mse():
-    g = torch.Generator().manual_seed(0)
-    v, eps, x0 = (torch.randn(3, 4, 2, 2, generator=g) for _ in range(3))
+    rng = torch.Generator().manual_seed(0)
+    v, eps, x0 = (torch.randn(3, 4, 2, 2, generator=rng) for _ in range(3))
     assert torch.allclose(losses.fake_score_loss(v, eps, x0), ((v - (eps - x0)) ** 2).mean())
     assert torch.allclose(losses.epsilon_loss(v, eps), ((v - eps) ** 2).mean())
     # SDXL: the epsilon the UNet predicts is recovered exactly from our velocity
@@ -373,9 +373,9 @@ def test_iteration_schedule_ttur_anchor_and_backward_simulation_coin():
     probability generator.backsim_prob (the Distiller draws both from its shared stream 0, rank-free)."""
     anchors, coins = [], []
     for it in range(4000):
-        g = step_generator(0, it, stream=0)
-        anchors.append(int(torch.randint(4, (1,), generator=g)))
-        coins.append(bool(torch.rand(1, generator=g) < 0.5))
+        rng = step_rng(0, it, stream=0)
+        anchors.append(int(torch.randint(4, (1,), generator=rng)))
+        coins.append(bool(torch.rand(1, generator=rng) < 0.5))
     counts = torch.bincount(torch.tensor(anchors), minlength=4).float() / 4000
     assert torch.allclose(counts, torch.full((4,), 0.25), atol=0.03)
     assert abs(sum(coins) / 4000 - 0.5) < 0.03
@@ -388,11 +388,11 @@ def test_dmd_timesteps_and_guidance_draws():
     from senseflow.distill import draw_guidance, draw_sigma
 
     table = flow.sigma_table(1000, 3.0)
-    g = torch.Generator().manual_seed(0)
-    s = draw_sigma(TimestepConfig(kind="table_index", low=20, high=980), 20000, table, g)
+    rng = torch.Generator().manual_seed(0)
+    s = draw_sigma(TimestepConfig(kind="table_index", low=20, high=980), 20000, table, rng)
     assert float(s.min()) >= float(table[20]) and float(s.max()) <= float(table[980])
     assert set(s.unique().tolist()) <= set(table[20:981].tolist())  # table entries only (DMD2's integer t)
-    w = draw_guidance(GuidanceConfig(low=3.0, high=15.0), 20000, g)
+    w = draw_guidance(GuidanceConfig(low=3.0, high=15.0), 20000, rng)
     assert 3.0 <= float(w.min()) and float(w.max()) <= 15.0 and abs(float(w.mean()) - 9.0) < 0.1
 
 
@@ -409,12 +409,12 @@ def test_student_samplers_stochastic_renoises_x0_and_euler_steps():
     for k in range(4):
         x = flow.euler_step(x, x, fs.sigma(k), fs.sigma(k + 1))
     assert torch.allclose(fs.sample(Lin(), None, noise, "euler"), x)
-    g1, g2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    rng1, rng2 = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
     x = noise
     for k in range(4):
         x0 = flow.x0_from_velocity(x, torch.full((2,), fs.sigma(k)), x)
-        x = x0 if k == 3 else flow.renoise_step(x0, fs.sigma(k + 1), torch.randn(x.shape, generator=g2))
-    assert torch.allclose(fs.sample(Lin(), None, noise, "stochastic", g1), x)
+        x = x0 if k == 3 else flow.renoise_step(x0, fs.sigma(k + 1), torch.randn(x.shape, generator=rng2))
+    assert torch.allclose(fs.sample(Lin(), None, noise, "stochastic", rng1), x)
 
 
 def test_every_row_of_fidelity_md_names_tests_that_exist():

@@ -35,7 +35,7 @@ def test_shift_by_hand_and_flux_mu():
     assert flow.shift(1.0, 7.0) == pytest.approx(1.0)
     assert flow.flux_mu(256) == pytest.approx(0.5)
     assert flow.flux_mu(4096) == pytest.approx(1.15)
-    # the FLUX anchors of ALGORITHM.md are the uniform times .75/.5/.25 shifted at 1024 px
+    # the FLUX anchors of docs/ALGORITHM.md are the uniform times .75/.5/.25 shifted at 1024 px
     assert [round(float(flow.flux_shift(t, 4096)), 3) for t in (0.75, 0.5, 0.25)] == [0.905, 0.760, 0.513]
 
 
@@ -56,16 +56,16 @@ def test_sigma_table_equals_diffusers_scheduler_table():
 def test_euler_step_and_scale_noise_agree_with_diffusers():
     sched = FlowMatchEulerDiscreteScheduler(shift=3.0)
     sched.set_timesteps(4)
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(2, 4, 8, 8, generator=g)
-    v = torch.randn(2, 4, 8, 8, generator=g)
+    rng = torch.Generator().manual_seed(0)
+    x = torch.randn(2, 4, 8, 8, generator=rng)
+    v = torch.randn(2, 4, 8, 8, generator=rng)
     for i, t in enumerate(sched.timesteps):
         s, s_next = sched.sigmas[i].item(), sched.sigmas[i + 1].item()
         theirs = sched.step(v, t, x, return_dict=False)[0]
         ours = flow.euler_step(x, v, s, s_next)
         assert torch.allclose(ours, theirs, atol=1e-6)
         x = theirs
-    x0, noise = torch.randn(1, 4, 8, 8, generator=g), torch.randn(1, 4, 8, 8, generator=g)
+    x0, noise = torch.randn(1, 4, 8, 8, generator=rng), torch.randn(1, 4, 8, 8, generator=rng)
     t = sched.timesteps[1:2]
     assert torch.allclose(sched.scale_noise(x0, t, noise), flow.interpolate(x0, noise, sched.sigmas[1].item()), atol=1e-6)
 
@@ -79,13 +79,13 @@ def test_scheduler_shifted_sigmas_equal_our_shift():
 
 
 def test_samplers_ranges_and_bounds():
-    g = torch.Generator().manual_seed(0)
-    u = flow.sample_uniform(10_000, 0.2, 0.4, generator=g)
+    rng = torch.Generator().manual_seed(0)
+    u = flow.sample_uniform(10_000, 0.2, 0.4, rng=rng)
     assert 0.2 <= float(u.min()) and float(u.max()) <= 0.4
-    ln = flow.sample_logit_normal(20_000, 0.0, 1.0, generator=g)
+    ln = flow.sample_logit_normal(20_000, 0.0, 1.0, rng=rng)
     assert float(ln.median()) == pytest.approx(0.5, abs=0.02)   # sigmoid(N(0,1)) has median 1/2
     table = flow.sigma_table(1000, 3.0)
-    s = flow.sample_table_index(5000, table, 20, 980, generator=g)
+    s = flow.sample_table_index(5000, table, 20, 980, rng=rng)
     assert float(s.min()) >= float(table[20]) - 1e-7 and float(s.max()) <= float(table[980]) + 1e-7
     with pytest.raises(ValueError):
         flow.sample_table_index(1, table, 10, 1000)

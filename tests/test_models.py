@@ -21,8 +21,8 @@ def bundles():
 
 
 def _inputs(bundle, b=2, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    x = torch.randn((b, *bundle.latent_shape), generator=g)
+    rng = torch.Generator().manual_seed(seed)
+    x = torch.randn((b, *bundle.latent_shape), generator=rng)
     sigma = torch.tensor([0.8, 0.3][:b])
     return x, sigma
 

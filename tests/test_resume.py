@@ -19,7 +19,7 @@ from safetensors.torch import load_file
 from senseflow.checkpoint import PAUSE_ENV, checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
-# a tiny SD3.5 run: windows of 5 logged iterations straddle checkpoints every 3, as in the issue (25 vs 10)
+# a tiny SD3.5 run: windows of 5 logged iterations straddle checkpoints every 3
 ARGS = ["train", "sd35-large-senseflow", "model.tiny=true", "train.iterations=45", "train.checkpoint_every=3",
         "train.log_every=5", "train.threads=1", "train.keep_checkpoints=2", "--no-evaluate", "--no-progress"]
 KILLS = 5

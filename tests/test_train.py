@@ -68,7 +68,7 @@ def test_generator_step_moves_g_through_a_frozen_discriminator(preset, monkeypat
     """The adversarial term alone gives G nonzero gradients; D (and, for DMD2's head, the fake score it reads)
     accumulates none during the G step, and requires grad again afterwards."""
     from senseflow import losses
-    from senseflow.distill import Distiller, step_generator
+    from senseflow.distill import Distiller, step_rng
 
     cfg = C.resolve(preset, TINY + ["gan.weight=1.0", "gan.omega=one", "isg.enabled=false", "ida.enabled=false"])
     comps = build_components(cfg)
@@ -88,7 +88,7 @@ def test_generator_step_moves_g_through_a_frozen_discriminator(preset, monkeypat
     d._clip = spy
     d._fake_score_update = lambda *a, **k: {}
     d._discriminator_update = lambda *a, **k: {}
-    m = d.step(0, comps.data.batch(0, cfg.train.batch_size, step_generator(0, 0, stream=2)))
+    m = d.step(0, comps.data.batch(0, cfg.train.batch_size, step_rng(0, 0, stream=2)))
     assert m["gen_step"] == 1.0 and m["loss_adv"] != 0
     assert any(g is not None and float(g.abs().sum()) > 0 for g in seen["g"])
     assert all(g is None for g in seen["d"]) and all(g is None for g in seen["f"])
@@ -103,8 +103,8 @@ def test_divergence_is_detected_and_last_good_checkpoint_kept(tmp_path):
     comps = build_components(cfg)
     real_batch = comps.data.batch
 
-    def poisoned(iteration, batch_size, generator):
-        b = real_batch(iteration, batch_size, generator)
+    def poisoned(iteration, batch_size, rng):
+        b = real_batch(iteration, batch_size, rng)
         if iteration >= 4:
             b.latents.fill_(float("nan"))
         return b

@@ -45,7 +45,7 @@ def _label(row: dict) -> str:
 
 
 def time_iterations(setup: Setup, *, iterations: int, warmup: int = 1) -> dict:
-    from senseflow.distill import Distiller, step_generator
+    from senseflow.distill import Distiller, step_rng
 
     cfg, comps = setup.cfg, setup.components
     bundle = comps.bundle
@@ -58,7 +58,7 @@ def time_iterations(setup: Setup, *, iterations: int, warmup: int = 1) -> dict:
     try:
         for j in range(warmup + iterations):
             for it in ((j * ttur, j * ttur + 1) if ttur > 1 else (j,)):
-                batch = comps.data.batch(it, cfg.train.batch_size, step_generator(cfg.train.seed, it, stream=2))
+                batch = comps.data.batch(it, cfg.train.batch_size, step_rng(cfg.train.seed, it, stream=2))
                 rec.start()
                 t0 = time.perf_counter()
                 distiller.step(it, batch)

@@ -35,8 +35,8 @@ def time_sampling(setup: Setup, *, batch_size: int, repeats: int = 3) -> dict:
     student = teacher.student_copy().eval()
     few = FewStepGenerator(cfg.generator.anchor_indices, bundle.sigma_table, cfg.generator.pure_noise_start)
     prompts = (list(setup.components.sample_prompts) * batch_size)[:batch_size] or ["a photo"] * batch_size
-    g = torch.Generator().manual_seed(0)
-    noise = torch.randn((batch_size, *bundle.latent_shape), generator=g)
+    rng = torch.Generator().manual_seed(0)
+    noise = torch.randn((batch_size, *bundle.latent_shape), generator=rng)
     sigmas = torch.linspace(1.0, 0.0, TEACHER_STEPS + 1)[:-1].tolist()
     scale = 2.0
 

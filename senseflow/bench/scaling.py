@@ -20,7 +20,7 @@ import torch
 
 
 def _ttur_mean(setup, iterations: int) -> float:
-    from senseflow.distill import Distiller, step_generator
+    from senseflow.distill import Distiller, step_rng
 
     cfg, comps = setup.cfg, setup.components
     b, ttur = comps.bundle, setup.cfg.optim.ttur
@@ -29,7 +29,7 @@ def _ttur_mean(setup, iterations: int) -> float:
     gen, crit = [], []
     for j in range(1 + iterations):
         for it in (j * ttur, j * ttur + 1):
-            batch = comps.data.batch(it, cfg.train.batch_size, step_generator(cfg.train.seed, it, stream=2))
+            batch = comps.data.batch(it, cfg.train.batch_size, step_rng(cfg.train.seed, it, stream=2))
             t0 = time.perf_counter()
             d.step(it, batch)
             if j:

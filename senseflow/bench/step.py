@@ -11,7 +11,7 @@ thread count n, as `senseflow.train.train` does it:
     distiller = Distiller(cfg, bundle.teacher, bundle.text_encoder, bundle.codec, bundle.sigma_table,
                           make_discriminator=components.make_discriminator)
     for it in range(warmup + periods * ttur):
-        batch = components.data.batch(it, cfg.train.batch_size, step_generator(cfg.train.seed, it, stream=2))
+        batch = components.data.batch(it, cfg.train.batch_size, step_rng(cfg.train.seed, it, stream=2))
         distiller.step(it, batch)                 # timed once it >= warmup
 
 The warm-up is `warmup` iterations (allocator, first-call paths; iteration 0 is a generator one), then
@@ -71,7 +71,7 @@ def time_dmd_iteration(world, spec: str = "digits-senseflow", *, threads: int = 
                        periods: int = 10, warmup: int = 5) -> dict:
     """Time `Distiller.step` of the run `spec` (a preset, then optional overrides) on `world`: a dict of
     plain numbers and strings (see the module docstring)."""
-    from senseflow.distill import Distiller, step_generator
+    from senseflow.distill import Distiller, step_rng
     from senseflow.worlds.digits.components import world_components
 
     cfg = run_config(spec, threads, batch_size)
@@ -88,7 +88,7 @@ def time_dmd_iteration(world, spec: str = "digits-senseflow", *, threads: int = 
                               make_discriminator=components.make_discriminator)
         for it in range(warmup + timed):
             t0 = time.perf_counter()
-            batch = components.data.batch(it, cfg.train.batch_size, step_generator(cfg.train.seed, it, stream=2))
+            batch = components.data.batch(it, cfg.train.batch_size, step_rng(cfg.train.seed, it, stream=2))
             t1 = time.perf_counter()
             distiller.step(it, batch)
             t2 = time.perf_counter()

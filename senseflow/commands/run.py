@@ -115,16 +115,16 @@ def load_student(path: Path):
 def sample_latents(components, student, few, prompts: list[str], n: int, seed: int, sampler: str):
     """The clean latents `senseflow sample` renders: n per prompt (prompt-major), noise from `seed`.
 
-    The starting noise is torch.randn(N, *latent_shape) from a CPU generator seeded with `seed`, drawn
-    first, and the re-noising sampler's fresh noise comes from the same generator after it.
+    The starting noise is torch.randn(N, *latent_shape) from a CPU random-number generator (`rng`) seeded
+    with `seed`, drawn first, and the re-noising sampler's fresh noise comes from the same `rng` after it.
     """
     import torch
 
     expanded = [p for p in prompts for _ in range(n)]
-    g = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
     cond = components.bundle.text_encoder.encode(expanded)
-    noise = torch.randn((len(expanded), *components.bundle.latent_shape), generator=g)
-    return few.sample(student, cond, noise, sampler, generator=g)
+    noise = torch.randn((len(expanded), *components.bundle.latent_shape), generator=rng)
+    return few.sample(student, cond, noise, sampler, rng=rng)
 
 
 @app.command()

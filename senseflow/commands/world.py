@@ -49,7 +49,7 @@ def _pct(x) -> str:
 
 
 def figures_table(figures: dict) -> Table:
-    """The issue-3 figures as a rich table (target column says what each must reach)."""
+    """The world's figures (`compute_figures`) as a rich table (target column says what each must reach)."""
     t = Table(title=f"digits world {figures.get('config_hash', '')}", show_lines=False)
     t.add_column("figure")
     t.add_column("value", justify="right")

@@ -146,9 +146,9 @@ class TextEncoder(nn.Module):
 
 class LatentCodec(nn.Module):
     """Pixels in [-1, 1], (B, 3 or 1, H, W) <-> latents the denoiser works on. `encode` may draw from a
-    posterior (`sample=True`, with `generator`); deterministic codecs ignore both."""
+    posterior (`sample=True`, with `rng`); deterministic codecs ignore both."""
 
-    def encode(self, pixels: Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
+    def encode(self, pixels: Tensor, rng: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
         raise NotImplementedError
 
     def decode(self, latents: Tensor) -> Tensor:
@@ -158,7 +158,7 @@ class LatentCodec(nn.Module):
 class IdentityCodec(LatentCodec):
     """Pixel-space worlds: latents are the pixels."""
 
-    def encode(self, pixels: Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
+    def encode(self, pixels: Tensor, rng: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
         return pixels
 
     def decode(self, latents: Tensor) -> Tensor:

@@ -10,7 +10,7 @@ by 1000 internally), so the adapter only changes layout:
 
 FLUX.1-dev is guidance distilled: the guidance scale is an embedded scalar input (`guidance`, (B,)), passed
 as the raw scale (e.g. 3.5), exactly as FluxPipeline does. It has no true CFG. `student_copy()` returns a
-copy without the guidance embedder (ALGORITHM.md, Roles): the generator and the fake score take no
+copy without the guidance embedder (docs/ALGORITHM.md, Roles): the generator and the fake score take no
 guidance input.
 """
 

@@ -6,7 +6,7 @@ is used as it is. Whatever is missing (the whole model, one component, a tokeniz
 raises one `ModelNotAvailableError` that names the model, the component and how to get it.
 
 Every tokenizer is loaded from a resolved local folder, never from a hub id: in transformers 5 a concrete
-tokenizer class given an uncached hub id silently returns an almost empty tokenizer (deps-probe.md). Each
+tokenizer class given an uncached hub id silently returns an almost empty tokenizer. Each
 loaded tokenizer's vocabulary is also checked to be non-trivial.
 
 `bundle_from_components` turns pipeline components (as named in the diffusers pipelines) into a bundle;

@@ -4,8 +4,8 @@
 
 with the family's factors from the VAE config (SD3/SD3.5: 1.5305 / 0.0609; FLUX.1: 0.3611 / 0.1159;
 SDXL: 0.13025 / none). `encode(pixels)` returns the posterior mean unless sampling is asked for (the codec's
-`sample` attribute, or `encode(..., sample=True)`): then it draws from the posterior with the given generator
-(a CPU generator works for CUDA pixels), as the authors and DMD2 produce their real latents
+`sample` attribute, or `encode(..., sample=True)`): then it draws from the posterior with the given random-number
+generator `rng` (a CPU one works for CUDA pixels), as the authors and DMD2 produce their real latents
 (`data.latents`, senseflow.data).
 
 The VAE's parameters are frozen, but `decode` keeps the autograd graph w.r.t. its input: the discriminator's
@@ -48,10 +48,10 @@ class VAECodec(LatentCodec):
         return super().train(False)
 
     @torch.no_grad()
-    def encode(self, pixels: Tensor, generator: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
+    def encode(self, pixels: Tensor, rng: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
         dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
         draw = self.sample if sample is None else sample
-        z = dist.sample(generator) if draw else dist.mean
+        z = dist.sample(rng) if draw else dist.mean
         return ((z - self.shift_factor) * self.scaling_factor).to(pixels.dtype)
 
     def decode(self, latents: Tensor) -> Tensor:

@@ -92,12 +92,12 @@ class GMMTeacher(Denoiser):
         *_, logp = self._posterior_terms(x, sigma, cond)
         return torch.logsumexp(logp, dim=1) - 0.5 * self.dim * math.log(2 * math.pi)
 
-    def sample(self, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def sample(self, labels: Tensor, rng: torch.Generator | None = None) -> Tensor:
         """Exact samples x0 (B, d, 1, 1) of the given classes."""
         k, j, d = self.means.shape
-        comp = torch.randint(j, labels.shape, generator=generator)
+        comp = torch.randint(j, labels.shape, generator=rng)
         mu = self.means[labels, comp]
-        return (mu + self.tau * torch.randn(mu.shape, generator=generator)).view(-1, d, 1, 1)
+        return (mu + self.tau * torch.randn(mu.shape, generator=rng)).view(-1, d, 1, 1)
 
     def student_copy(self) -> Denoiser:
         raise TypeError("the analytic teacher has no weights to copy; use MLPDenoiser.fit_to(teacher) as the student")
@@ -123,16 +123,16 @@ class MLPDenoiser(Denoiser):
     def fit_to(self, teacher: Denoiser, text: GMMTextEncoder, steps: int = 300, batch: int = 256, lr: float = 3e-3,
                seed: int = 0) -> "MLPDenoiser":
         """Regress this network onto the teacher's velocity (uniform sigma, noised exact samples)."""
-        g = torch.Generator().manual_seed(seed)
+        rng = torch.Generator().manual_seed(seed)
         opt = torch.optim.Adam(self.parameters(), lr=lr)
         k = text.num_classes
         for _ in range(steps):
-            labels = torch.randint(k, (batch,), generator=g)
-            prompts = [f"class {int(c)}" if float(u) > 0.1 else "" for c, u in zip(labels, torch.rand(batch, generator=g))]
+            labels = torch.randint(k, (batch,), generator=rng)
+            prompts = [f"class {int(c)}" if float(u) > 0.1 else "" for c, u in zip(labels, torch.rand(batch, generator=rng))]
             cond = text.encode(prompts)
-            x0 = teacher.sample(labels, g)
-            s = torch.rand(batch, generator=g).clamp(0.02, 1.0)
-            x = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=g)
+            x0 = teacher.sample(labels, rng)
+            s = torch.rand(batch, generator=rng).clamp(0.02, 1.0)
+            x = (1 - s.view(-1, 1, 1, 1)) * x0 + s.view(-1, 1, 1, 1) * torch.randn(x0.shape, generator=rng)
             with torch.no_grad():
                 target = teacher(x, s, cond)
             loss = ((self(x, s, cond) - target) ** 2).mean()
@@ -144,9 +144,9 @@ class MLPDenoiser(Denoiser):
 
 def sliced_wasserstein(a: Tensor, b: Tensor, projections: int = 128, seed: int = 0) -> float:
     """Sliced 2-Wasserstein distance between two equal-size point sets (N, d)."""
-    g = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
     a, b = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
-    dirs = torch.randn(a.shape[1], projections, generator=g, dtype=torch.float64)
+    dirs = torch.randn(a.shape[1], projections, generator=rng, dtype=torch.float64)
     dirs = dirs / dirs.norm(dim=0, keepdim=True)
     pa, _ = torch.sort(a @ dirs, dim=0)
     pb, _ = torch.sort(b @ dirs, dim=0)

@@ -1,4 +1,5 @@
-"""The digits world: the embedded default that runs the whole method on a CPU (issue 3).
+"""The digits world: the embedded default that runs the whole method on a CPU (docs/ARCHITECTURE.md, "The digits
+world").
 
 scikit-learn's 8x8 handwritten digits in [-1, 1], prompts such as "a handwritten seven", the offline MiniLM
 as a frozen text encoder, a small SD3-architecture teacher trained here by rectified flow (pixel space), a

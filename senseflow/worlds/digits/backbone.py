@@ -55,18 +55,18 @@ def make_backbone(cfg: BackboneConfig, seed: int | None = None):
         return Dinov2Model(config)
 
 
-def _augment(images: Tensor, g: torch.Generator) -> Tensor:
+def _augment(images: Tensor, rng: torch.Generator) -> Tensor:
     """One random view of (N, 1, 8, 8) digits in [-1, 1]."""
     n = images.shape[0]
-    x = random_shift(images, g)
-    x01 = (x + 1) / 2 * (0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=g))  # intensity 0.6..1.4
-    x01 = x01 + 0.1 * torch.randn(x01.shape, generator=g)
+    x = random_shift(images, rng)
+    x01 = (x + 1) / 2 * (0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=rng))  # intensity 0.6..1.4
+    x01 = x01 + 0.1 * torch.randn(x01.shape, generator=rng)
     # a 3x3 cutout in half of the views
-    cy = torch.randint(0, 6, (n,), generator=g).view(n, 1, 1, 1)
-    cx = torch.randint(0, 6, (n,), generator=g).view(n, 1, 1, 1)
+    cy = torch.randint(0, 6, (n,), generator=rng).view(n, 1, 1, 1)
+    cx = torch.randint(0, 6, (n,), generator=rng).view(n, 1, 1, 1)
     rows, cols = torch.arange(8).view(1, 1, 8, 1), torch.arange(8).view(1, 1, 1, 8)
     box = (rows >= cy) & (rows < cy + 3) & (cols >= cx) & (cols < cx + 3)
-    use = (torch.rand(n, 1, 1, 1, generator=g) < 0.5)
+    use = (torch.rand(n, 1, 1, 1, generator=rng) < 0.5)
     x01 = torch.where(box & use, torch.zeros_like(x01), x01)
     return (x01.clamp(0, 1) * 2 - 1)
 
@@ -91,7 +91,7 @@ def pretrain_backbone(cfg: BackboneConfig, train: DigitsSplit, progress: bool = 
     """Self-supervised pretraining; returns (backbone in eval mode, frozen; per-step losses)."""
     from senseflow.progress import bar as tqdm  # plain lines when not on a terminal
 
-    g = torch.Generator().manual_seed(cfg.seed)
+    rng = torch.Generator().manual_seed(cfg.seed)
     backbone = make_backbone(cfg, seed=cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed + 1)
@@ -112,12 +112,12 @@ def pretrain_backbone(cfg: BackboneConfig, train: DigitsSplit, progress: bool = 
     losses = []
     bar = tqdm(range(cfg.steps), desc="backbone", disable=not progress, dynamic_ncols=True)
     for _ in bar:
-        idx = torch.randint(len(train), (cfg.batch_size,), generator=g)
+        idx = torch.randint(len(train), (cfg.batch_size,), generator=rng)
         x = train.images[idx]
-        loss = nt_xent(proj(embed(backbone, _augment(x, g))), proj(embed(backbone, _augment(x, g))), cfg.temperature)
+        loss = nt_xent(proj(embed(backbone, _augment(x, rng))), proj(embed(backbone, _augment(x, rng))), cfg.temperature)
         if cfg.mask_weight > 0:
             # masked-patch reconstruction: patch tokens learn local structure (the discriminator reads them)
-            mask = torch.rand(x.shape[0], side * side, generator=g) < cfg.mask_ratio
+            mask = torch.rand(x.shape[0], side * side, generator=rng) < cfg.mask_ratio
             tokens = backbone(pixel_values=pixel_values(x), bool_masked_pos=mask).last_hidden_state[:, 1:]
             target = x.unfold(2, cfg.patch_size, cfg.patch_size).unfold(3, cfg.patch_size, cfg.patch_size)
             target = target.reshape(x.shape[0], side * side, cfg.patch_size ** 2)

@@ -56,12 +56,12 @@ class DigitClassifier(nn.Module):
         return (self.predict(images) == labels).float().mean().item()
 
 
-def random_shift(images: Tensor, generator: torch.Generator, max_shift: int = 1) -> Tensor:
+def random_shift(images: Tensor, rng: torch.Generator, max_shift: int = 1) -> Tensor:
     """Translate each image by up to `max_shift` pixels (background -1 fills in)."""
     n = images.shape[0]
     padded = torch.nn.functional.pad(images, [max_shift] * 4, value=-1.0)
-    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
-    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * max_shift + 1, (n,), generator=rng)
+    dy = torch.randint(0, 2 * max_shift + 1, (n,), generator=rng)
     h, w = images.shape[-2:]
     rows = (dy.view(n, 1) + torch.arange(h)).view(n, 1, h, 1).expand(n, images.shape[1], h, w + 2 * max_shift)
     cropped = padded.gather(2, rows)
@@ -73,7 +73,7 @@ def train_classifier(cfg: ClassifierConfig, train: DigitsSplit, progress: bool =
     """Adam with cosine decay, random 1-pixel shifts as augmentation. Returns the classifier in eval mode."""
     from senseflow.progress import bar as tqdm  # plain lines when not on a terminal
 
-    g = torch.Generator().manual_seed(cfg.seed)
+    rng = torch.Generator().manual_seed(cfg.seed)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)  # init and dropout masks
         model = DigitClassifier(cfg.feature_dim)
@@ -83,11 +83,11 @@ def train_classifier(cfg: ClassifierConfig, train: DigitsSplit, progress: bool =
         model.train()
         bar = tqdm(range(cfg.epochs), desc="classifier", disable=not progress, dynamic_ncols=True)
         for _ in bar:
-            perm = torch.randperm(len(train), generator=g)
+            perm = torch.randperm(len(train), generator=rng)
             total = 0.0
             for i in range(0, len(train), cfg.batch_size):
                 idx = perm[i:i + cfg.batch_size]
-                x = random_shift(train.images[idx], g)
+                x = random_shift(train.images[idx], rng)
                 loss = torch.nn.functional.cross_entropy(model(x), train.labels[idx])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()

@@ -13,14 +13,14 @@ PREVIEW_SEEDS = 6
 
 
 class DigitsDataSource:
-    """Training images with training-template prompts, drawn with the iteration's generator."""
+    """Training images with training-template prompts, drawn with the iteration's rng."""
 
     def __init__(self, world):
         self.world = world
 
     @torch.no_grad()
-    def batch(self, iteration: int, batch_size: int, generator: torch.Generator) -> Batch:
-        b = self.world.sample_batch(batch_size, generator, split="train")
+    def batch(self, iteration: int, batch_size: int, rng: torch.Generator) -> Batch:
+        b = self.world.sample_batch(batch_size, rng, split="train")
         return Batch(b.images, b.images, self.world.encode(list(b.prompts)), list(b.prompts))
 
 
@@ -45,11 +45,11 @@ def make_evaluator(world):
                              "samples; FID-T needs the full reference set (set eval.num_samples >= that)")
         images = []
         bs = cfg.eval.batch_size
-        g = torch.Generator().manual_seed(cfg.eval.seed)
+        rng = torch.Generator().manual_seed(cfg.eval.seed)
         for i in range(0, len(ref), bs):
             prompts = ref.prompts[i:i + bs]
             cond = world.encode(list(prompts)).to(distiller.device)
-            x = distiller.sample(cond, ref.noise[i:i + bs].to(distiller.device), sampler, generator=g)
+            x = distiller.sample(cond, ref.noise[i:i + bs].to(distiller.device), sampler, rng=rng)
             images.append(x.float().cpu())
         images = torch.cat(images).clamp(-1, 1)
         res = evaluate_samples(images, world)
@@ -77,7 +77,7 @@ def write_previews(world, distiller, cfg: RunConfig, run_dir) -> None:
                          for s in seeds])
     cond = world.encode(prompts).to(distiller.device)
     student = distiller.sample(cond, noise.to(distiller.device), cfg.generator.sampler,
-                               generator=torch.Generator().manual_seed(cfg.eval.seed)).float().cpu()
+                               rng=torch.Generator().manual_seed(cfg.eval.seed)).float().cpu()
     teacher = world.sample_teacher(prompts, noise)
     root = Path(run_dir) / "eval_samples"
     for name, imgs, model in (("preview", student, cfg.name), ("teacher_preview", teacher, "teacher")):

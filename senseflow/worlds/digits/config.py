@@ -16,6 +16,8 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from senseflow.backbones import DIGITS_VIT_DEPTH
+
 CACHE_ENV = "SENSEFLOW_CACHE"
 
 
@@ -78,7 +80,7 @@ class BackboneConfig(_Section):
     masked-patch reconstruction. Width 32: the VFM discriminator's heads are as wide as the backbone."""
 
     hidden_size: int = Field(32, ge=8)
-    num_hidden_layers: int = Field(4, ge=1)
+    num_hidden_layers: int = Field(DIGITS_VIT_DEPTH, ge=1)
     num_attention_heads: int = Field(2, ge=1)
     mlp_ratio: int = Field(2, ge=1)
     patch_size: int = Field(2, ge=1, le=8)

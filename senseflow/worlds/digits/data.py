@@ -33,11 +33,11 @@ def load_images() -> tuple[Tensor, Tensor]:
 
 def stratified_split(labels: Tensor, held_out_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
     """Indices (train, held_out): round(fraction * n_d) of each digit d held out, chosen by a seeded shuffle."""
-    g = torch.Generator().manual_seed(seed)
+    rng = torch.Generator().manual_seed(seed)
     train, held = [], []
     for d in range(10):
         idx = torch.nonzero(labels == d).flatten()
-        idx = idx[torch.randperm(len(idx), generator=g)]
+        idx = idx[torch.randperm(len(idx), generator=rng)]
         k = round(held_out_fraction * len(idx))
         held.append(idx[:k])
         train.append(idx[k:])
@@ -69,11 +69,11 @@ class DigitsSplit:
     def __len__(self) -> int:
         return self.images.shape[0]
 
-    def sample(self, batch_size: int, generator: torch.Generator) -> DigitsBatch:
+    def sample(self, batch_size: int, rng: torch.Generator) -> DigitsBatch:
         """A random batch (with replacement) of (image, prompt, label), each prompt a random template of the
-        split for that image's digit. Everything random comes from `generator`."""
-        idx = torch.randint(len(self), (batch_size,), generator=generator)
-        tpl = torch.randint(len(self.templates), (batch_size,), generator=generator)
+        split for that image's digit. Everything random comes from `rng`."""
+        idx = torch.randint(len(self), (batch_size,), generator=rng)
+        tpl = torch.randint(len(self.templates), (batch_size,), generator=rng)
         labels = self.labels[idx]
         prompts = [prompt_for(self.templates[t], int(d)) for t, d in zip(tpl.tolist(), labels.tolist())]
         return DigitsBatch(self.images[idx], prompts, labels)

@@ -55,7 +55,7 @@ def train_teacher(cfg: TeacherConfig, train: DigitsSplit, text_encoder: DigitsTe
     `on_step(step, ema)` runs after every step (e.g. to evaluate checkpoints); it must not change `ema`."""
     from senseflow.progress import bar as tqdm  # plain lines when not on a terminal
 
-    g = torch.Generator().manual_seed(cfg.seed)
+    rng = torch.Generator().manual_seed(cfg.seed)
     model = SD3Denoiser(make_transformer(cfg, seed=cfg.seed)).train()
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
@@ -70,15 +70,15 @@ def train_teacher(cfg: TeacherConfig, train: DigitsSplit, text_encoder: DigitsTe
     smooth = None
     bar = tqdm(range(cfg.steps), desc="teacher", disable=not progress, dynamic_ncols=True)
     for step in bar:
-        idx = torch.randint(len(train), (cfg.batch_size,), generator=g)
+        idx = torch.randint(len(train), (cfg.batch_size,), generator=rng)
         x0, labels = train.images[idx], train.labels[idx]
-        tpl = torch.randint(n_tpl, (cfg.batch_size,), generator=g)
+        tpl = torch.randint(n_tpl, (cfg.batch_size,), generator=rng)
         row = 1 + labels * n_tpl + tpl
-        drop = torch.rand(cfg.batch_size, generator=g) < cfg.prompt_dropout
+        drop = torch.rand(cfg.batch_size, generator=rng) < cfg.prompt_dropout
         row = torch.where(drop, torch.zeros_like(row), row)
         cond = Conditioning(states[row], pooled[row])
-        sigma = flow.sample_logit_normal(cfg.batch_size, cfg.logit_mean, cfg.logit_std, generator=g)
-        noise = torch.randn(x0.shape, generator=g)
+        sigma = flow.sample_logit_normal(cfg.batch_size, cfg.logit_mean, cfg.logit_std, rng=rng)
+        noise = torch.randn(x0.shape, generator=rng)
         x_s = flow.interpolate(x0, noise, sigma)
         loss = torch.nn.functional.mse_loss(model(x_s, sigma, cond), flow.velocity_target(x0, noise))
 

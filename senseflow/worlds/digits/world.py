@@ -177,12 +177,12 @@ class DigitsWorld:
         return self.data.held_out
 
     # ------------------------------------------------------------------ data and conditioning
-    def sample_batch(self, batch_size: int, generator: torch.Generator, split: str = "train") -> DigitsBatch:
-        """(images (B, 1, 8, 8) in [-1, 1], B prompts, labels (B,)) drawn with `generator`; prompts use the
+    def sample_batch(self, batch_size: int, rng: torch.Generator, split: str = "train") -> DigitsBatch:
+        """(images (B, 1, 8, 8) in [-1, 1], B prompts, labels (B,)) drawn with `rng`; prompts use the
         split's templates (training templates for "train", held-out templates for "held_out")."""
         if split not in ("train", "held_out"):
             raise ValueError(f"split={split!r}: expected 'train' or 'held_out'")
-        return getattr(self.data, split).sample(batch_size, generator)
+        return getattr(self.data, split).sample(batch_size, rng)
 
     def encode(self, prompts: list[str]) -> Conditioning:
         return self.text_encoder.encode(prompts)
@@ -445,7 +445,8 @@ def save_sample_grids(samples: Tensor, labels: Tensor, directory: Path, per_digi
 
 
 def compute_figures(world: DigitsWorld, probe: float | None, seconds: dict[str, float]) -> dict:
-    """The world's figures (issue 3), with a 95% bootstrap interval on every FID."""
+    """The world's figures, each with the target it must reach (`senseflow world digits` shows them), with a 95%
+    bootstrap interval on every FID."""
     from evals import digits as ev
 
     cfg = world.config
