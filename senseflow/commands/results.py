@@ -29,7 +29,7 @@ def sync(root: Path = typer.Option(Path("results"), help=ROOT_HELP), db: Path = 
 
 
 @app.command()
-def query(sql: str = typer.Argument(..., help="read-only SQL over tables runs, train_metrics, eval_metrics"),
+def query(sql: str = typer.Argument(..., help="read-only SQL over tables runs, train_metrics, eval_metrics, grids"),
           root: Path = typer.Option(Path("results"), help=ROOT_HELP), db: Path = typer.Option(None),
           fmt: str = typer.Option("table", "--format", help="table | csv | json")):
     """Run a read-only query and print the rows."""
