@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
-# GPU smoke run: the GPU-marked tests, then one full-size random-init SD3.5-Medium SenseFlow run of
-# 20 iterations at 1024x1024 beside the planner's prediction, and with 2+ GPUs a 2-process FSDP run over NCCL.
-# Exits 3 with one line when no CUDA GPU is visible. Usage: bash scripts/gpu-smoke.sh [overrides...]
+# GPU smoke run: the GPU-marked tests, then one full-size random-init SD3.5-Medium SenseFlow run of 20
+# iterations at 1024x1024 beside the planner's prediction, and with 2+ GPUs the FSDP gradient check over NCCL
+# (tests/dist_worker.py "grads" on the nccl backend: the gradients of a tiny real SD3.5 distiller sharded
+# over 2 processes equal the average of the unsharded per-rank gradients).
+# Budget on one H100, by construction: GPU-marked tests ~2 min, the planner ~1 min (CPU), 20 full-size
+# iterations ~3 min (the planner's 35%-MFU estimate is 0.22 s per iteration; the first iterations and model
+# set-up dominate), the NCCL check ~1 min with 2+ GPUs; each step is capped with `timeout` so the whole
+# script stops within 10 minutes. Exits 3 with one line when no CUDA GPU is visible.
+# Usage: bash scripts/gpu-smoke.sh [overrides for the full-size run...]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-.venv/bin/python}"
@@ -14,14 +20,25 @@ fi
 NGPU="$("$PY" -c 'import torch; print(torch.cuda.device_count())')"
 mkdir -p results/bench
 echo "== GPU-marked tests ($NGPU GPU(s))"
-"$PY" -m pytest -q -m gpu tests/test_gpu.py
+timeout 180 "$PY" -m pytest -q -m gpu tests/test_gpu.py
 echo "== full-size SD3.5-Medium, random init, 20 iterations at 1024x1024"
-"$PY" scripts/gpu_smoke.py --iterations 20 --out results/bench/gpu-smoke.json "$@"
+timeout 300 "$PY" scripts/gpu_smoke.py --iterations 20 --out results/bench/gpu-smoke.json "$@"
 if [ "$NGPU" -ge 2 ]; then
-  echo "== FSDP over NCCL: a 2-process tiny SD3.5 run (train.parallel=fsdp)"
+  echo "== FSDP gradient check over NCCL (2 processes, tiny SD3.5 distiller, train.parallel=fsdp)"
   run_dir="$(mktemp -d)"
-  "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 -m senseflow train sd35-large-senseflow \
-    model.tiny=true model.resolution=32 train.batch_size=2 eval.metrics=[] train.iterations=4 \
-    train.checkpoint_every=2 gan.layers=null train.parallel=fsdp "output.root=$run_dir"
+  SENSEFLOW_DIST_BACKEND=nccl timeout 120 "$PY" -m torch.distributed.run --standalone --nproc_per_node=2 \
+    tests/dist_worker.py "$run_dir" sd35-large-senseflow grads -- \
+    model.tiny=true model.resolution=32 train.batch_size=2 eval.metrics=[] train.mixed_precision=no gan.layers=null \
+    gan.omega=one gan.weight=1.0 optim.eight_bit=false model.dtype=float32 train.trainable_dtype=float32 \
+    optim.ttur=1 optim.grad_clip=1e9 train.parallel=fsdp
+  "$PY" - "$run_dir/grads.json" <<'PYEOF'
+import json, sys
+report = json.load(open(sys.argv[1]))
+bad = [p for p, r in report.items() if not (r["same_names"] and r["max_abs_diff"] <= 1e-4 * r["scale"] + 1e-9)]
+for p, r in report.items():
+    print(f"  {p}: {r['params']} tensors, max |sharded - unsharded mean| {r['max_abs_diff']:.3g} (scale {r['scale']:.3g})")
+if bad:
+    sys.exit(f"gpu-smoke: FSDP gradients over NCCL differ from the unsharded ones: {', '.join(bad)}")
+PYEOF
 fi
 echo "gpu-smoke: done"

@@ -72,8 +72,12 @@ class LiveBytes(TorchDispatchMode):
     """Bytes of the tensor storages created inside this mode that are still alive, and their peak.
 
     Every op's outputs are followed by their storage (views share one); a storage is released when its
-    last tensor goes (a weak reference's callback). Works on fake tensors (their storages have sizes
-    but no memory) as on real ones. `peak` can be reset to the current level between phases."""
+    last tensor goes (a weak reference's callback). An output that shares the storage of one of the op's
+    inputs (a view such as `t` of a weight, an in-place update of an optimizer state) is not new memory:
+    only storages the op itself created are followed, so tensors made before the mode was entered
+    (parameters, buffers, optimizer states) are never counted, however often they are viewed. Works on
+    fake tensors (their storages have sizes but no memory) as on real ones. `peak` can be reset to the
+    current level between phases."""
 
     def __init__(self):
         super().__init__()
@@ -101,8 +105,10 @@ class LiveBytes(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs))
+                  if isinstance(t, torch.Tensor) and t.layout == torch.strided}
         for t in tree_leaves(out):
-            if isinstance(t, torch.Tensor):
+            if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in inputs:
                 self._follow(t)
         return out
 
@@ -566,6 +572,7 @@ def _disc_head_params(cfg: RunConfig, parts: RunParts) -> int:
     from senseflow.models.loading import sigma_table_for
     from senseflow.models.sd3 import SD3Denoiser
 
+    table = sigma_table_for(cfg.model.family)  # a real CPU table, made before the meta device is the default
     with torch.device("meta"):
         arch_cfg = {**published.ARCHITECTURES[parts.denoiser].config, **parts.overrides}
         width, pooled = _text_shapes(cfg.model.family, arch_cfg)
@@ -577,7 +584,7 @@ def _disc_head_params(cfg: RunConfig, parts: RunParts) -> int:
 
             den = published.build(parts.denoiser, **parts.overrides)
             wrap = {"sd3": SD3Denoiser, "flux": FluxDenoiser}.get(cfg.model.family)
-            fake = wrap(den) if wrap else SDXLDenoiser(den, sigma_table_for("sdxl"))
+            fake = wrap(den) if wrap else SDXLDenoiser(den, table)
         else:
             fake = None
         clip = _disc_text_tower(cfg, published.build)

@@ -8,10 +8,13 @@ process's and the weights must match a one-process run; "own": the normal per-ra
 "grads": one iteration on each rank's own data with every learning rate 0, capturing the gradients each
 optimizer steps with; rank 0 also runs the same iteration unsharded for rank 0's and rank 1's data and
 writes RUN_DIR/grads.json with the largest difference between the synchronised gradients and the
-average of the two unsharded ones (and how much those two differ from each other).
+average of the two unsharded ones (and how much those two differ from each other). The process group's
+backend is SENSEFLOW_DIST_BACKEND: gloo (default, CPU processes) or nccl (one GPU per process, for
+scripts/gpu-smoke.sh).
 """
 
 import json
+import os
 from pathlib import Path
 
 
@@ -75,8 +78,15 @@ def compare_gradients(cfg, out: Path) -> None:
     from senseflow.components import build_components
     from senseflow.distill import Distiller, step_rng
 
-    accelerator = Accelerator(cpu=True)
+    backend = os.environ.get("SENSEFLOW_DIST_BACKEND", "gloo")
+    if backend not in ("gloo", "nccl"):
+        raise SystemExit(f"SENSEFLOW_DIST_BACKEND={backend!r}: use gloo or nccl")
+    if backend == "nccl":  # fp32 kernels on the GPU, so the sharded gradients compare with the CPU references
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
+    accelerator = Accelerator(cpu=backend == "gloo")
     ctx = parallel.setup(cfg.train.parallel, cfg.train.shard_group, accelerator.device)
+    assert torch.distributed.get_backend() == backend, torch.distributed.get_backend()
     comps = build_components(cfg, progress=False)
     b = comps.bundle
 

@@ -168,3 +168,27 @@ def test_gpu_smoke_script_refuses_without_a_gpu():
     assert out.stderr.strip().splitlines() == [
         "gpu-smoke: no CUDA GPU visible (torch.cuda.is_available() is False); nothing run"]
     assert shutil.which("bash")
+
+
+def test_live_bytes_counts_only_storages_made_inside_the_mode():
+    """A view (`t` of a weight inside F.linear) or an in-place update of a tensor made before the mode is
+    not new memory; counting it made the traced peaks carry every weight viewed so far, by chance of
+    order (the activations planned with gradient checkpointing came out above those without)."""
+    w = torch.zeros(256, 256)
+    tracker = planner.LiveBytes()
+    with tracker:
+        w.t()
+        w.add_(1.0)
+        y = torch.nn.functional.linear(torch.ones(4, 256), w)
+        assert tracker.live == y.untyped_storage().nbytes() == 4 * 256 * 4
+        del y
+    assert tracker.live == 0 and tracker.peak < w.untyped_storage().nbytes()
+
+
+def test_sdxl_dmd2_sizes_build_the_fake_score_with_a_real_sigma_table():
+    """The DMD2 head of an SDXL run wraps a meta-built UNet; its sigma table must be a real CPU tensor
+    (`senseflow plan sdxl-dmd2` stopped with "Cannot copy out of meta tensor" before)."""
+    cfg = C.resolve("sdxl-dmd2", [])
+    nets, unit = planner.network_sizes(cfg, planner.run_parts(cfg))
+    heads = [n for n in nets if n.role == "discriminator heads"]
+    assert len(heads) == 1 and heads[0].params > 0 and unit > 0
