@@ -144,10 +144,12 @@ def plot_metric_curves(db_path: str | os.PathLike, grid: str, metric: str, *, so
     ax.set_title(f"{grid}: {metric} ({source}, mean over seeds, band {band_txt})", fontsize=9)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="best")
+    return _save(plt, fig, Path(out_dir) / (filename or f"{_safe(grid)}_{source}_{_safe(metric)}.png"), dpi)
+
+
+def _save(plt, fig, path: Path, dpi: int) -> Path:
     fig.tight_layout()  # moves the axes only: the figure keeps figsize * dpi pixels
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / (filename or f"{_safe(grid)}_{source}_{_safe(metric)}.png")
+    path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)
     plt.close(fig)
     return path
@@ -339,10 +341,4 @@ def plot_ablation(db_path: str | os.PathLike, grid: str, metric: str = "fid_t", 
     if view.references:
         ax.legend(fontsize=7, loc="upper left")
     ax.set_title(f"{grid}: {metric} per configuration" + (" (◇ the paper, right axis)" if paper else ""), fontsize=9)
-    fig.tight_layout()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / (filename or f"{_safe(grid)}_ablation_{_safe(metric)}.png")
-    fig.savefig(path, dpi=dpi)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, Path(out_dir) / (filename or f"{_safe(grid)}_ablation_{_safe(metric)}.png"), dpi)
