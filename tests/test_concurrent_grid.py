@@ -26,7 +26,7 @@ def test_two_grid_runs_at_once_train_each_cell_once(tmp_path):
              for _ in range(2)]
     outs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outs
-    runs = sorted(d for d in (tmp_path / "results" / "runs" / "twice").iterdir() if not d.name.startswith("."))
+    runs = sorted(d for d in (tmp_path / "results" / "runs" / "twice").iterdir() if d.is_dir() and not d.name.startswith("."))
     assert len(runs) == 6
     for d in runs:
         assert read_status(d)["state"] == "completed", d
