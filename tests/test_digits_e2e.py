@@ -70,3 +70,13 @@ def test_digits_grid_table_and_plots(tmp_path, quick_cache, capsys):
     assert main(["results", "query", "select count(*) as n from runs where state = 'completed'",
                  "--root", str(root), "--format", "json"]) == 0
     assert json.loads(capsys.readouterr().out) == [{"n": 4}]
+
+
+def test_too_few_evaluation_samples_is_one_line_and_keeps_the_trained_run(tmp_path, quick_cache, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "digits-senseflow", "model.teacher=quick", "train.iterations=2", "eval.num_samples=1",
+                 "--run-dir", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]   # (other lines: model-loading progress bars)
+    assert len(lines) == 1 and "eval.num_samples=1 is below the digits world's" in lines[0] and "Traceback" not in err
+    assert (run / "checkpoints" / "iter_0000002").is_dir()   # the training it did is kept

@@ -41,8 +41,10 @@ def make_evaluator(world):
         ref = world.reference
         n = min(cfg.eval.num_samples, len(ref))
         if n < len(ref):
-            raise ValueError(f"eval.num_samples={cfg.eval.num_samples} is below the world's {len(ref)} reference "
-                             "samples; FID-T needs the full reference set (set eval.num_samples >= that)")
+            from senseflow.errors import UserError
+
+            raise UserError(f"eval.num_samples={cfg.eval.num_samples} is below the digits world's {len(ref)} reference "
+                            f"samples; FID-T needs the full reference set: set eval.num_samples={len(ref)}")
         images = []
         bs = cfg.eval.batch_size
         rng = torch.Generator().manual_seed(cfg.eval.seed)
