@@ -238,17 +238,6 @@ def set_threads(n: int) -> None:
         sys.modules["torch"].set_num_threads(n)
 
 
-def interruptible() -> None:
-    """Let SIGINT stop the job (KeyboardInterrupt -> state stopped, resumable). A grid started in a shell's
-    background (`nohup ... &`) runs with SIGINT ignored, and exec passes that on to every local job, which
-    would then ignore `cancel` and run to the end."""
-    import signal
-    import threading
-
-    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-
-
 class CellJob(submitit.helpers.Checkpointable):
     """One run as a submitit job. Requeued on preemption; the run resumes from its own last checkpoint."""
 
@@ -261,7 +250,6 @@ class CellJob(submitit.helpers.Checkpointable):
 
     def __call__(self) -> dict:
         set_threads(self.threads)
-        interruptible()
         env = job_environment()
         if env is not None and env.num_tasks > 1:
             export_torch_distributed(env)
