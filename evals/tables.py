@@ -43,15 +43,18 @@ DISPLAY_NAMES = {
 _PREFERRED = ["fid_t", "patch_fid_t", "fid", "kid", "clip_score", "hps", "pickscore", "image_reward",
               "prompt_accuracy", "diversity"]
 
-_AGG_SQL = """
+# every run's latest evaluation with the label, per metric (rk = 1), of runs the grid file defines
+_LATEST_SQL = """
 WITH latest AS (
-    SELECT r.variant, e.run_id, e.name, e.value, e.lo, e.hi,
+    SELECT r.variant, r.seed, e.run_id, e.name, e.value, e.lo, e.hi,
            row_number() OVER (PARTITION BY e.run_id, e.name ORDER BY e.iteration DESC) AS rk
     FROM eval_metrics e
     JOIN runs r ON r.run_id = e.run_id AND r.grid = e.grid
     WHERE e.grid = $grid AND e.label = $label AND list_contains($states, r.state) AND r.current
       AND ($all_metrics OR list_contains($metrics, e.name))
-)
+)"""
+
+_AGG_SQL = _LATEST_SQL + """
 SELECT coalesce(variant, '(none)') AS variant, name,
        count(*) AS n, avg(value) AS mean, stddev_samp(value) AS sd, min(lo) AS lo, max(hi) AS hi
 FROM latest
@@ -61,15 +64,7 @@ ORDER BY variant, name
 """
 
 # per seed: the mean over the runs of a (configuration, seed), normally one run
-_PAIRED_SQL = """
-WITH latest AS (
-    SELECT r.variant, r.seed, e.name, e.value,
-           row_number() OVER (PARTITION BY e.run_id, e.name ORDER BY e.iteration DESC) AS rk
-    FROM eval_metrics e
-    JOIN runs r ON r.run_id = e.run_id AND r.grid = e.grid
-    WHERE e.grid = $grid AND e.label = $label AND list_contains($states, r.state) AND r.current
-      AND ($all_metrics OR list_contains($metrics, e.name))
-),
+_PAIRED_SQL = _LATEST_SQL + """,
 per_seed AS (
     SELECT variant, seed, name, avg(value) AS value FROM latest
     WHERE rk = 1 AND value IS NOT NULL AND NOT isnan(value) GROUP BY ALL

@@ -50,7 +50,7 @@ import yaml
 from evals.store import GRID_MANIFEST
 from senseflow import config as config_mod
 from senseflow.config import ConfigError, RunConfig
-from senseflow.run_folder import State, read_status, run_path
+from senseflow.run_folder import State, read_status, run_path, write_json_atomic
 
 TOP_LEVEL_KEYS = ("grid", "description", "base", "overrides", "eval", "seeds", "axes", "variants", "db",
                   "allow_outside_results", "compare_to", "paper")
@@ -391,14 +391,8 @@ def _paper(doc: Any, cells: list[str], where: str) -> dict[str, Any] | None:
 
 def write_manifest(grid: Grid) -> Path:
     """Write the grid's GRID_MANIFEST into its folder (atomically), for tables and plots to follow the file's order."""
-    import json
-
-    folder = grid.root / grid.name
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / GRID_MANIFEST
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(grid.manifest(), indent=1))
-    os.replace(tmp, path)
+    path = grid.root / grid.name / GRID_MANIFEST
+    write_json_atomic(path, grid.manifest())
     return path
 
 
