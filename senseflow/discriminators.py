@@ -374,18 +374,14 @@ def load_dinov2(source: str | os.PathLike, dtype: torch.dtype | None = None) -> 
     random one. Raises ModelNotAvailableError naming the backbone and how to get it."""
     from transformers import AutoModel
 
-    from senseflow.models.loading import ModelNotAvailableError, local_or_cached
+    from senseflow.models.loading import ModelNotAvailableError, local_or_cached_or_raise
 
     text = os.fspath(source)
     if text == TINY_BACKBONE:
         return tiny_dinov2()
     hint = (f"download it while online (`huggingface-cli download {text}`) or set gan.backbone to a local "
             "directory holding a DINOv2 config.json and weights; gan.kind=none or dmd2 needs no backbone")
-    try:
-        folder = local_or_cached(text)
-    except Exception as err:  # not cached / offline / invalid id: the same to the caller
-        raise ModelNotAvailableError(f"DINOv2 backbone {text!r} for the VFM discriminator is not on this machine "
-                                     f"({type(err).__name__}); {hint}") from err
+    folder = local_or_cached_or_raise(text, f"DINOv2 backbone {text!r} for the VFM discriminator", hint)
     try:
         kwargs = {} if dtype is None else {"dtype": dtype}
         model = AutoModel.from_pretrained(str(folder), **kwargs)

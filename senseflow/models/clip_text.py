@@ -18,7 +18,7 @@ import os
 import torch
 from torch import nn
 
-from senseflow.models.loading import ModelNotAvailableError, local_or_cached
+from senseflow.models.loading import ModelNotAvailableError, local_or_cached_or_raise
 
 Tensor = torch.Tensor
 
@@ -58,11 +58,8 @@ def load_clip_text(source: str | os.PathLike = DEFAULT_CLIP_TEXT, dtype: torch.d
     hint = (f"download it while online (`hf download {text}`) and copy the Hugging Face cache here, or set "
             "gan.text_encoder to a local directory holding a CLIPTextModelWithProjection and its tokenizer; "
             "gan.text_condition=pooled_per_head or pooled_shared needs no CLIP")
-    try:
-        folder = local_or_cached(text)
-    except Exception as err:  # not cached / offline / invalid id: the same to the caller
-        raise ModelNotAvailableError(f"CLIP text encoder {text!r} for the discriminator's text condition is not on "
-                                     f"this machine ({type(err).__name__}); {hint}") from err
+    folder = local_or_cached_or_raise(text, f"CLIP text encoder {text!r} for the discriminator's text condition",
+                                      hint)
     try:
         kwargs = {} if dtype is None else {"dtype": dtype}
         model = CLIPTextModelWithProjection.from_pretrained(str(folder), **kwargs)

@@ -130,6 +130,14 @@ def local_or_cached(source: str | os.PathLike) -> Path:
     return Path(snapshot_download(repo_id=os.fspath(source), local_files_only=True))
 
 
+def local_or_cached_or_raise(source: str | os.PathLike, what: str, hint: str) -> Path:
+    """`local_or_cached`, or one `ModelNotAvailableError`: "<what> is not on this machine (<why>); <hint>"."""
+    try:
+        return local_or_cached(source)
+    except Exception as err:  # not cached / offline / invalid id: the same to the caller
+        raise ModelNotAvailableError(f"{what} is not on this machine ({type(err).__name__}); {hint}") from err
+
+
 def _looks_like_path(source: str) -> bool:
     return (source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") != 1
             or bool(re.search(r"\s", source)))
