@@ -105,5 +105,6 @@ class SyntheticData:
         pixels = torch.nn.functional.interpolate(low, size=self.resolution, mode="bilinear", align_corners=False)
         idx = torch.randint(len(self.PROMPTS), (batch_size,), generator=rng).tolist()
         prompts = [self.PROMPTS[i] for i in idx]
-        latents = self.codec.encode(pixels, rng=rng, sample=self.sample_posterior)
+        device = next(iter(self.codec.parameters()), torch.empty(0)).device  # the VAE's, as ImageTextData
+        latents = self.codec.encode(pixels.to(device), rng=rng, sample=self.sample_posterior)
         return Batch(latents, pixels, self.text_encoder.encode(prompts), prompts)

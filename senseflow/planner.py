@@ -201,16 +201,23 @@ def _real_mode(fake: bool):
 
 
 def random_init(module: nn.Module, device) -> nn.Module:
-    """A meta-device module given real tensors on `device`: parameters N(0, 0.02), buffers ones (a smoke
-    run needs finite numbers, not a good model; a buffer such as a pixel std must not be near zero)."""
+    """A meta-device module given real tensors on `device`: parameters N(0, 0.02), floating buffers ones (a
+    smoke run needs finite numbers, not a good model; a buffer such as a pixel std must not be near zero),
+    integer buffers their only meaningful values: position ids 0, 1, 2, ... along the last axis (CLIP's text
+    tower looks its position embeddings up with them; left uninitialised they index out of range), any other
+    zeros."""
     materialize(module, device)
     with torch.no_grad():
         for t in module.parameters():
             if t.is_floating_point():
                 t.normal_(0.0, 0.02)
-        for t in module.buffers():
+        for name, t in module.named_buffers():
             if t.is_floating_point():
                 t.fill_(1.0)
+            elif name.rsplit(".", 1)[-1] == "position_ids":
+                t.copy_(torch.arange(t.shape[-1], device=t.device).expand_as(t))
+            else:
+                t.zero_()
     return module
 
 
@@ -645,6 +652,7 @@ class Plan:
                 "static_bytes": t.static_bytes, "peak_new": t.peak_new, "grads": t.grads,
                 "activations": t.activations, "flops_iteration": t.flops_iteration} for ck, t in self.traces.items()},
             "fits": self.fits, "advice": self.advice, "smallest_cluster": self.smallest_cluster,
+            "config": self.cfg.to_dict(),  # the resolved run config the plan is for
         }
 
 

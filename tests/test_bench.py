@@ -42,7 +42,7 @@ def test_iteration_and_sampling_write_their_figures(tmp_path, capsys):
     capsys.readouterr()
     assert main(["bench", "--table", "--out", str(tmp_path)]) == 0
     table = capsys.readouterr().out
-    assert "| sd3 | senseflow |" in table and "| flux | 2 |" in table and "`sampling`:" in table
+    assert "| sd3 | senseflow |" in table and "| flux | 2 |" in table and "`sampling` on cpu:" in table
 
 
 def test_recorder_sees_every_network_and_leaves_no_trace():
@@ -85,6 +85,31 @@ def test_scaling_fits_an_exponent(tmp_path):
         assert isinstance(r["time_exponent"], float) and all(p["peak_rss_mib"] > 0 for p in r["points"])
 
 
+def test_replay_runs_each_pass_under_the_autocast_it_ran_under(monkeypatch):
+    """On a GPU the step runs under bf16 autocast; a pass timed alone must run under it too (here: the CPU's)."""
+    from senseflow.bench import setups
+    from senseflow.bench.passes import PassRecorder
+
+    cfg = setups.run_config("sd3", "senseflow", [], 2, 1)
+    st = setups.build("sd3", cfg, tiny=True)
+    d = setups.distiller(st)
+    seen = []
+    fwd = d.teacher.forward
+    monkeypatch.setattr(d.teacher, "forward", lambda *a, **k: (seen.append(torch.is_autocast_enabled("cpu")),
+                                                               fwd(*a, **k))[1])
+    rec = PassRecorder().attach(d)
+    rec.start()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        d.step(0, setups.batch(st, 0))
+    rec.stop()
+    assert rec.passes and all(p.autocast == ("cpu", torch.bfloat16) for p in rec.passes)
+    n = len(seen)
+    assert n and all(seen)
+    rec.replay()  # outside any autocast
+    assert len(seen) > n and all(seen[n:])
+    rec.detach()
+
+
 def test_metric_throughput_row():
     from senseflow.bench.metrics import time_metrics
 
@@ -92,9 +117,19 @@ def test_metric_throughput_row():
     assert [r["metric"] for r in rows] == ["fid_inception"] and rows[0]["images_per_second"] > 0
 
 
+NO_GPU = [] if torch.cuda.is_available() else [
+    (["bench", "iteration", "--device", "cuda"], "no CUDA GPU is visible")]
+ON_GPU = [(["bench", "step", "--device", "cuda"], "benchmark 'step' runs on the CPU only"),
+          (["bench", "iteration", "--device", "cuda", "--world", "digits"], "--world digits runs on the CPU only")]
+
+
 @pytest.mark.parametrize("args, words", [(["bench", "nope"], "benchmark 'nope'"),
                                          (["bench", "iteration", "--world", "mars"], "--world 'mars'"),
-                                         (["bench", "iteration", "--method", "gan"], "--method 'gan'")])
+                                         (["bench", "iteration", "--method", "gan"], "--method 'gan'"),
+                                         (["bench", "iteration", "--device", "tpu"], "--device 'tpu'"),
+                                         (["bench", "iteration", "--resolution", "128"], "--resolution 128"),
+                                         (["bench", "sampling", "--resolution", "30"], "--resolution 30"),
+                                         *(NO_GPU or ON_GPU)])
 def test_bad_input_is_one_line(args, words, tmp_path, capsys):
     assert main(args + ["--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()

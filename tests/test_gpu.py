@@ -45,3 +45,52 @@ def test_one_bf16_iteration_on_the_gpu_matches_the_plan():
         peaks, fake_flops = planner.measure_iteration(cfg, f, fbatch, 3, True)
     assert sum(flops.values()) > 0 and flops == fake_flops
     assert abs(max(peaks.values()) / peak_new - 1) < 0.15, (max(peaks.values()), peak_new)
+
+
+def test_bench_on_the_gpu_writes_bf16_figures(tmp_path):
+    """`senseflow bench --device cuda` times iteration and sampling on the GPU under bf16 autocast (tiny models
+    with --quick: the code path, not the figures)."""
+    import json
+
+    from senseflow.cli import main
+
+    assert main(["bench", "iteration", "sampling", "--quick", "--device", "cuda", "--world", "sd3",
+                 "--method", "senseflow", "--batch", "2", "--resolution", "32", "--out", str(tmp_path)]) == 0
+    it = json.loads((tmp_path / "iteration-cuda.json").read_text())
+    assert it["machine"]["cuda"] and it["settings"]["device"] == "cuda"
+    (row,) = it["rows"]
+    assert row["device"].startswith("cuda") and "bf16 autocast" in row["precision"]
+    assert row["efficiency"]["ttur_mean"] > 0 and row["limit_parts_ms_ttur_mean"]["teacher"] > 0
+    (sa,) = json.loads((tmp_path / "sampling-cuda.json").read_text())["rows"]
+    assert sa["device"].startswith("cuda") and sa["speedup"] > 0
+    assert not (tmp_path / "iteration.json").exists()
+
+
+def test_eight_bit_adamw_is_bitsandbytes_and_its_states_are_what_the_planner_counts():
+    """optim.eight_bit=true builds bitsandbytes' AdamW8bit (never a quiet fp32 AdamW); after one step its
+    states take what the planner counts per parameter (two uint8 states and an fp32 absmax per 256-value
+    block; bitsandbytes keeps fp32 states for tensors under 4096 values, so a little more)."""
+    from senseflow import config as C
+    from senseflow import planner
+
+    narrow = dict(num_layers=2, num_attention_heads=8, attention_head_dim=64, caption_projection_dim=512,
+                  joint_attention_dim=512, pooled_projection_dim=256, pos_embed_max_size=64,
+                  dual_attention_layers=(0,))
+    cfg = C.resolve("sd35-large-senseflow", ["model.resolution=256", "gan.backbone=facebook/dinov2-small",
+                                              "gan.layers=[3, 11]", "optim.eight_bit=true", "optim.ttur=1",
+                                              "train.trainable_dtype=float32", "model.dtype=bfloat16"])
+    parts = planner.run_parts(cfg, text_tokens=64)
+    parts.overrides = narrow
+    d, text = planner.build_distiller(cfg, parts, fake=False, device=torch.device("cuda"))
+    assert type(d.opt_g).__module__.startswith("bitsandbytes") and d.optimizer_info["eight_bit"]
+    batch = planner.make_batch(cfg, d, text, 2, device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        m = d.step(0, batch)
+    assert all(v == v and abs(v) != float("inf") for v in m.values()), m
+    params = [p for g in d.opt_g.param_groups for p in g["params"]]
+    state = sum(v.numel() * v.element_size() for p in params for v in d.opt_g.state[p].values() if torch.is_tensor(v))
+    uint8 = [v for p in params for v in d.opt_g.state[p].values() if torch.is_tensor(v) and v.dtype == torch.uint8]
+    assert uint8, "no 8-bit state"
+    planned = sum(p.numel() for p in params) * planner.EIGHT_BIT_BYTES
+    print(f"AdamW8bit states of G: {state / 2 ** 20:.1f} MiB, planned {planned / 2 ** 20:.1f} MiB")
+    assert planned <= state <= 1.10 * planned

@@ -24,11 +24,10 @@ iterations only, so their time divides by ttur):
 
 from __future__ import annotations
 
-import time
 from collections import defaultdict
 
-import torch
-
+from senseflow.bench import setups
+from senseflow.bench.clock import now
 from senseflow.bench.passes import PassRecorder
 from senseflow.bench.setups import Setup
 
@@ -44,25 +43,28 @@ def _label(row: dict) -> str:
     return name
 
 
-def time_iterations(setup: Setup, *, iterations: int, warmup: int = 1) -> dict:
-    from senseflow.distill import Distiller, step_rng
+def _precision(cfg, dev) -> str:
+    compute = f"{cfg.train.mixed_precision} autocast" if dev.type == "cuda" and cfg.train.mixed_precision != "no" else \
+        "stored dtypes"
+    return f"teacher {cfg.model.dtype}, G/F {cfg.train.trainable_dtype}, {compute}"
 
-    cfg, comps = setup.cfg, setup.components
-    bundle = comps.bundle
+
+def time_iterations(setup: Setup, *, iterations: int, warmup: int = 1) -> dict:
+    cfg = setup.cfg
     ttur = cfg.optim.ttur
-    torch.manual_seed(cfg.train.seed)
-    distiller = Distiller(cfg, bundle.teacher, bundle.text_encoder, bundle.codec, bundle.sigma_table,
-                          make_discriminator=comps.make_discriminator)
-    rec = PassRecorder().attach(distiller)
+    dev = setup.device
+    distiller = setups.distiller(setup)
+    rec = PassRecorder(device=str(dev)).attach(distiller)
     kinds = {"generator": defaultdict(list), "critic": defaultdict(list)}
     try:
         for j in range(warmup + iterations):
             for it in ((j * ttur, j * ttur + 1) if ttur > 1 else (j,)):
-                batch = comps.data.batch(it, cfg.train.batch_size, step_rng(cfg.train.seed, it, stream=2))
+                batch = setups.batch(setup, it)
                 rec.start()
-                t0 = time.perf_counter()
-                distiller.step(it, batch)
-                step_s = time.perf_counter() - t0
+                t0 = now(dev)
+                with setups.autocast(setup):
+                    distiller.step(it, batch)
+                step_s = now(dev) - t0
                 rec.stop()
                 rows = rec.replay()
                 if j < warmup:
@@ -106,6 +108,7 @@ def time_iterations(setup: Setup, *, iterations: int, warmup: int = 1) -> dict:
     ratio = lambda a, b: round(a / b, 3) if b else None  # noqa: E731
     return {
         "world": setup.world, "method": cfg.method, "preset": cfg.preset, "teacher_params": setup.params,
+        "device": str(dev), "precision": _precision(cfg, dev),
         "batch_size": cfg.train.batch_size, "resolution": cfg.model.resolution, "ttur": ttur,
         "gan": cfg.gan.kind, "isg": bool(cfg.isg.enabled and cfg.isg.weight > 0), "ida": bool(cfg.ida.enabled),
         "backsim_prob": cfg.generator.backsim_prob, "warmup_periods": warmup,

@@ -14,15 +14,16 @@ pass of a nest is recorded (DMD2's head runs the fake score's body inside the di
 `replay()` then times each recorded pass alone on the same inputs: a forward under `no_grad` when the
 iteration ran it without gradients, else the forward and one backward from its outputs, with every
 parameter's requires_grad set as it was at the call (D frozen during G's step gives input gradients only)
-and the inputs' requires_grad as they were. The sum of those times plus the in-place optimizer and IDA
-times is the iteration's limit: what the same passes cost with nothing around them. Replay leaves no
-gradients behind (every .grad is set to None), but moves stateful layers (spectral-norm power iterations,
-batch-norm statistics): benchmark runs only.
+and the inputs' requires_grad as they were, under the autocast the pass ran under. The sum of those
+times plus the in-place optimizer and IDA times is the iteration's limit: what the same passes cost with
+nothing around them. Replay leaves no gradients behind (every .grad is set to None), but moves stateful
+layers (spectral-norm power iterations, batch-norm statistics): benchmark runs only. On a GPU every time is
+read after the device has finished (senseflow.bench.clock).
 """
 
 from __future__ import annotations
 
-import time
+import contextlib
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -30,6 +31,7 @@ from typing import Any, Callable
 import torch
 
 from senseflow import losses
+from senseflow.bench.clock import now
 
 
 @dataclass
@@ -43,6 +45,16 @@ class Pass:
     flags: tuple[bool, ...]
     input_grad: tuple[bool, ...]  # per tensor found in args (in order), whether it required grad
     in_place: float = 0.0         # seconds of its forward inside the iteration (its backward is not separable)
+    autocast: tuple[str, torch.dtype] | None = None  # (device type, dtype) of the autocast it ran under
+
+
+def _autocast_now(device: str) -> tuple[str, torch.dtype] | None:
+    kind = torch.device(device).type
+    return (kind, torch.get_autocast_dtype(kind)) if torch.is_autocast_enabled(kind) else None
+
+
+def _autocast(state: tuple[str, torch.dtype] | None):
+    return torch.autocast(state[0], dtype=state[1]) if state else contextlib.nullcontext()
 
 
 def _tensors(obj) -> list[torch.Tensor]:
@@ -83,6 +95,7 @@ def _with_grad(obj, flags: list[bool]):
 
 @dataclass
 class PassRecorder:
+    device: str = "cpu"           # where the passes run: on a GPU each timing waits for it (senseflow.bench.clock)
     recording: bool = False
     passes: list[Pass] = field(default_factory=list)
     in_place: dict[str, float] = field(default_factory=lambda: defaultdict(float))  # seconds, this iteration
@@ -136,14 +149,15 @@ class PassRecorder:
                     rec._depth -= 1
             ins = _tensors((args, kwargs))
             ps = Pass(name, tuple(rec._tags), fn, _detach(args), _detach(kwargs), torch.is_grad_enabled(),
-                      tuple(p.requires_grad for p in rec._params), tuple(t.requires_grad for t in ins))
+                      tuple(p.requires_grad for p in rec._params), tuple(t.requires_grad for t in ins),
+                      autocast=_autocast_now(rec.device))
             rec.passes.append(ps)
             rec._depth += 1
-            t0 = time.perf_counter()
+            t0 = now(rec.device)
             try:
                 return fn(*args, **kwargs)
             finally:
-                ps.in_place = time.perf_counter() - t0
+                ps.in_place = now(rec.device) - t0
                 rec._depth -= 1
 
         self._patch(owner, attr, wrapper)
@@ -153,12 +167,12 @@ class PassRecorder:
         rec = self
 
         def wrapper(*args, **kwargs):
-            t0 = time.perf_counter()
+            t0 = now(rec.device)
             try:
                 return fn(*args, **kwargs)
             finally:
                 if rec.recording:
-                    rec.in_place[tag] += time.perf_counter() - t0
+                    rec.in_place[tag] += now(rec.device) - t0
 
         self._patch(owner, attr, wrapper)
 
@@ -168,13 +182,13 @@ class PassRecorder:
 
         def wrapper(*args, **kwargs):
             rec._tags.append(tag)
-            t0 = time.perf_counter()
+            t0 = now(rec.device)
             try:
                 return fn(*args, **kwargs)
             finally:
                 rec._tags.pop()
                 if rec.recording:
-                    rec.in_place[tag] += time.perf_counter() - t0
+                    rec.in_place[tag] += now(rec.device) - t0
 
         self._patch(owner, attr, wrapper)
 
@@ -195,19 +209,19 @@ class PassRecorder:
                     p.requires_grad_(f)
                 if ps.grad:
                     args, kwargs = _with_grad((ps.args, ps.kwargs), list(ps.input_grad))
-                    t0 = time.perf_counter()
-                    with torch.enable_grad():
+                    t0 = now(self.device)
+                    with torch.enable_grad(), _autocast(ps.autocast):
                         out = ps.fn(*args, **kwargs)
                         outs = [t for t in _tensors(out) if t.requires_grad]
                         if outs:
                             torch.autograd.backward(outs, [torch.ones_like(t) for t in outs])
-                    seconds = time.perf_counter() - t0
+                    seconds = now(self.device) - t0
                     backward = bool(outs)
                 else:
-                    t0 = time.perf_counter()
-                    with torch.no_grad():
+                    t0 = now(self.device)
+                    with torch.no_grad(), _autocast(ps.autocast):
                         ps.fn(*ps.args, **ps.kwargs)
-                    seconds = time.perf_counter() - t0
+                    seconds = now(self.device) - t0
                     backward = False
                 rows.append({"name": ps.name, "tags": list(ps.tags), "backward": backward, "seconds": seconds,
                              "in_place": ps.in_place})

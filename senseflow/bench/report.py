@@ -8,9 +8,16 @@ from pathlib import Path
 
 def _head(d: dict) -> str:
     m = d["machine"]
-    return (f"`{d['benchmark']}`: {d['date']}, {m['cpu']} ({m['cores']} cores), {d['threads']} thread(s), torch "
+    on = d["settings"].get("device", "cpu")
+    where = f"{m['cuda']} (bf16 autocast), host " if on == "cuda" else ""
+    return (f"`{d['benchmark']}` on {on}: {d['date']}, {where}{m['cpu']} ({m['cores']} cores), {d['threads']} thread(s), torch "
             f"{m['torch']}, commit {d['commit']}, load average {d['load_average_before'][0]} -> "
             f"{d['load_average_after'][0]}, allocator {d['settings'].get('allocator', 'default')}")
+
+
+def _ms(x: float) -> str:
+    """Milliseconds with the digits that matter (GPU iterations take a few)."""
+    return f"{x:.0f}" if x >= 100 else f"{x:.1f}" if x >= 1 else f"{x:.2f}"
 
 
 def _iteration(d: dict) -> list[str]:
@@ -21,8 +28,8 @@ def _iteration(d: dict) -> list[str]:
         it, lim, e, a = r["iteration_ms"], r["limit_ms"], r["efficiency"], r["additions"]
         pct = lambda x: "–" if not x else f"{100 * x:.1f}%"  # noqa: E731
         out.append(f"| {r['world']} | {r['method']} | {r['teacher_params'] / 1e6:.1f}M | {r['batch_size']} | "
-                   f"{r['ttur']} | {it['generator']:.0f} / {it['critic']:.0f} / {it['ttur_mean']:.0f} | "
-                   f"{lim['ttur_mean']:.0f} | {e['generator']:.3f} / {e['critic']:.3f} / **{e['ttur_mean']:.3f}** | "
+                   f"{r['ttur']} | {_ms(it['generator'])} / {_ms(it['critic'])} / {_ms(it['ttur_mean'])} | "
+                   f"{_ms(lim['ttur_mean'])} | {e['generator']:.3f} / {e['critic']:.3f} / **{e['ttur_mean']:.3f}** | "
                    f"{pct(a['ida_share'])} | {pct(a['isg_share'])} | "
                    f"{a['isg_over_passes'] if a['isg_over_passes'] else '–'} | {pct(a['disc_share'])} | "
                    f"{pct(a['backsim_share'])} |")
@@ -33,7 +40,7 @@ def _sampling(d: dict) -> list[str]:
     out = ["| world | batch | student 4 steps (ms) | teacher 50 steps (ms) | guidance | speed-up | limit | "
            "efficiency | limit at this batch | efficiency at this batch |", "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in d["rows"]:
-        out.append(f"| {r['world']} | {r['batch_size']} | {r['student_ms']:.0f} | {r['teacher_ms']:.0f} | "
+        out.append(f"| {r['world']} | {r['batch_size']} | {_ms(r['student_ms'])} | {_ms(r['teacher_ms'])} | "
                    f"{r['teacher_guidance']} | **{r['speedup']:.1f}x** | {r['limit']}x | {r['efficiency']:.3f} | "
                    f"{r['limit_at_this_batch']:.1f}x | {r['efficiency_at_this_batch']:.3f} |")
     return out
@@ -81,9 +88,9 @@ TABLES = {"iteration": _iteration, "sampling": _sampling, "metrics": _metrics, "
 def markdown(folder: Path) -> str:
     lines: list[str] = []
     for name, table in TABLES.items():
-        path = folder / f"{name}.json"
-        if not path.is_file():
-            continue
-        d = json.loads(path.read_text())
-        lines += [_head(d), "", *table(d), ""]
+        for path in (folder / f"{name}.json", folder / f"{name}-cuda.json"):
+            if not path.is_file():
+                continue
+            d = json.loads(path.read_text())
+            lines += [_head(d), "", *table(d), ""]
     return "\n".join(lines)

@@ -16,20 +16,16 @@ import math
 import resource
 import time
 
-import torch
-
 
 def _ttur_mean(setup, iterations: int) -> float:
-    from senseflow.distill import Distiller, step_rng
+    from senseflow.bench import setups
 
-    cfg, comps = setup.cfg, setup.components
-    b, ttur = comps.bundle, setup.cfg.optim.ttur
-    torch.manual_seed(cfg.train.seed)
-    d = Distiller(cfg, b.teacher, b.text_encoder, b.codec, b.sigma_table, make_discriminator=comps.make_discriminator)
+    ttur = setup.cfg.optim.ttur
+    d = setups.distiller(setup)
     gen, crit = [], []
     for j in range(1 + iterations):
         for it in (j * ttur, j * ttur + 1):
-            batch = comps.data.batch(it, cfg.train.batch_size, step_rng(cfg.train.seed, it, stream=2))
+            batch = setups.batch(setup, it)
             t0 = time.perf_counter()
             d.step(it, batch)
             if j:

@@ -5,8 +5,11 @@ The mid-size models are the real diffusers classes (SD3Transformer2DModel with S
 RMS-norm; FluxTransformer2DModel with guidance embedding, double- and single-stream blocks) from the config
 dicts below, ~60-70M parameters: large enough that matrix work dominates on a CPU, small enough for minutes
 on one. Their text encoders, VAE and DINOv2 backbone are the tiny random ones of `model.tiny=true`
-(senseflow.models.tiny), so the figures are about the transformer, as at full scale. Everything runs in
-fp32 on the CPU, without gradient checkpointing (a CPU benchmark of the passes, not of memory savings).
+(senseflow.models.tiny), so the figures are about the transformer, as at full scale. On the CPU everything
+runs in fp32, without gradient checkpointing (a CPU benchmark of the passes, not of memory savings). On a
+CUDA GPU (`device="cuda"`) the run follows the paper's precision: teacher, VAE and text encoders stored in
+bf16, G, F and the discriminator's heads in fp32, every step under bf16 autocast; still no checkpointing.
+The digits world runs on the CPU only (its networks are too small to occupy a GPU).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from dataclasses import dataclass
 import torch
 
 from senseflow.config import RunConfig
+from senseflow.precision import DTYPES
 from senseflow.world import Components
 
 # hidden 512 (8 heads of 64): joint blocks of SD3.5 Medium's form, 6 deep
@@ -31,6 +35,10 @@ MID_FLUX = dict(patch_size=1, in_channels=64, num_layers=3, num_single_layers=6,
 CPU_OVERRIDES = ["model.tiny=true", "model.dtype=float32", "train.trainable_dtype=float32",
                  "train.mixed_precision=no", "train.gradient_checkpointing=false"]
 
+# the paper's precision on a GPU: see the module docstring
+GPU_OVERRIDES = ["model.tiny=true", "model.dtype=bfloat16", "train.trainable_dtype=float32",
+                 "train.mixed_precision=bf16", "train.gradient_checkpointing=false"]
+
 WORLDS = ("digits", "sd3", "flux")
 PRESETS = {  # (world, method) -> preset
     ("digits", "senseflow"): "digits-senseflow", ("digits", "dmd2"): "digits-dmd2",
@@ -45,13 +53,16 @@ class Setup:
     cfg: RunConfig
     components: Components
     params: int         # the teacher's parameters
+    device: torch.device = torch.device("cpu")
 
 
-def run_config(world: str, method: str, overrides: list[str], batch_size: int, threads: int) -> RunConfig:
+def run_config(world: str, method: str, overrides: list[str], batch_size: int, threads: int,
+               device: str = "cpu") -> RunConfig:
     from senseflow import config as config_mod
 
     preset = PRESETS[(world, method)]
-    extra = [] if world == "digits" else list(CPU_OVERRIDES)
+    gpu = torch.device(device).type == "cuda"
+    extra = [] if world == "digits" else list(GPU_OVERRIDES if gpu else CPU_OVERRIDES)
     return config_mod.resolve(preset, extra + list(overrides) + [f"train.batch_size={batch_size}",
                                                                  f"train.threads={threads}"])
 
@@ -59,13 +70,13 @@ def run_config(world: str, method: str, overrides: list[str], batch_size: int, t
 _cache: dict = {}
 
 
-def _mid_bundle(family: str, resolution: int):
+def _mid_bundle(family: str, resolution: int, device: torch.device, dtype: torch.dtype):
     from diffusers import FluxTransformer2DModel, SD3Transformer2DModel
 
     from senseflow.models.loading import bundle_from_components
     from senseflow.models.tiny import T5_MAX_LENGTH, tiny_components
 
-    key = (family, resolution)
+    key = (family, resolution, str(device), dtype)
     if key not in _cache:
         comps = tiny_components(family, resolution, seed=0)
         with torch.random.fork_rng(devices=[]):
@@ -75,15 +86,21 @@ def _mid_bundle(family: str, resolution: int):
             else:
                 backbone = FluxTransformer2DModel(**MID_FLUX)
         comps["transformer"] = backbone.eval().requires_grad_(False)
-        _cache[key] = bundle_from_components(family, comps, resolution=resolution,
-                                             max_sequence_length=T5_MAX_LENGTH)
+        bundle = bundle_from_components(family, comps, resolution=resolution, max_sequence_length=T5_MAX_LENGTH)
+        for frozen in (bundle.teacher, bundle.codec, bundle.text_encoder):  # model.dtype, on the device
+            frozen.to(device=device, dtype=dtype)
+        _cache[key] = bundle
     return _cache[key]
 
 
-def build(world: str, cfg: RunConfig, digits_world=None, tiny: bool = False) -> Setup:
+def build(world: str, cfg: RunConfig, digits_world=None, tiny: bool = False, device: str = "cpu") -> Setup:
     """The components a training run of `cfg` would use (digits: on `digits_world`, loaded once by the caller).
-    tiny: SD3 / FLUX with the tiny transformer of `model.tiny=true` instead of the mid-size one (tests)."""
+    tiny: SD3 / FLUX with the tiny transformer of `model.tiny=true` instead of the mid-size one (tests).
+    device: where the frozen networks are put, at model.dtype (SD3 / FLUX; the digits world is CPU-only)."""
+    dev = torch.device(device)
     if world == "digits":
+        if dev.type != "cpu":
+            raise ValueError(f"the digits world is benchmarked on the CPU only, not on {dev}")
         from senseflow.worlds.digits.components import world_components
 
         comps = world_components(cfg, digits_world)
@@ -95,11 +112,44 @@ def build(world: str, cfg: RunConfig, digits_world=None, tiny: bool = False) -> 
             from senseflow.models.tiny import tiny_bundle
 
             bundle = tiny_bundle(world, resolution=res, seed=0)
+            for frozen in (bundle.teacher, bundle.codec, bundle.text_encoder):
+                frozen.to(device=dev, dtype=DTYPES[cfg.model.dtype])
         else:
-            bundle = _mid_bundle(world, res)
+            bundle = _mid_bundle(world, res, dev, DTYPES[cfg.model.dtype])
         comps = synthetic_components(cfg, bundle, res)
     params = sum(p.numel() for p in comps.bundle.teacher.parameters())
-    return Setup(world, cfg, comps, params)
+    return Setup(world, cfg, comps, params, dev)
+
+
+def distiller(setup: Setup):
+    """The Distiller a training run builds, with its networks on the setup's device (senseflow.train does
+    the same in its `prepare`); seeded by the config."""
+    from senseflow.distill import Distiller
+
+    cfg, comps = setup.cfg, setup.components
+    b = comps.bundle
+    torch.manual_seed(cfg.train.seed)
+    return Distiller(cfg, b.teacher, b.text_encoder, b.codec, b.sigma_table,
+                     make_discriminator=comps.make_discriminator, prepare=lambda d: d.to(setup.device))
+
+
+def batch(setup: Setup, iteration: int):
+    """The training batch of `iteration` (drawn as senseflow.train draws it), on the setup's device."""
+    from dataclasses import replace
+
+    from senseflow.distill import step_rng
+
+    cfg = setup.cfg
+    b = setup.components.data.batch(iteration, cfg.train.batch_size, step_rng(cfg.train.seed, iteration, stream=2))
+    dev = setup.device
+    return replace(b, latents=b.latents.to(dev), pixels=b.pixels.to(dev), cond=b.cond.to(dev))
+
+
+def autocast(setup: Setup):
+    """The step's compute context: bf16 autocast on a GPU where the config says so, nothing on the CPU."""
+    from senseflow import precision
+
+    return precision.autocast(setup.device, setup.cfg.train.mixed_precision)
 
 
 def digits_world(quick: bool):

@@ -21,6 +21,8 @@ class Settings:
     warmup: int = 1
     digits_batch: int = 64       # the digits runs' batch
     mid_batch: int = 2           # the mid-size SD3 / FLUX batch (32 px, 64 image tokens)
+    mid_resolution: int = 32     # the mid-size SD3 / FLUX image size in pixels (tiny VAE: latents of half of it)
+    device: str = "cpu"          # cpu, or cuda: iteration and sampling on the mid-size models in bf16 (setups)
     repeats: int = 3             # sampling: median of this many
     allocator: str = "keep-freed"  # keep-freed: senseflow.allocator, as training sets it; default: glibc's own
     quick: bool = False          # the digits world's quick build and tiny SD3 / FLUX (tests): figures say nothing
@@ -30,7 +32,28 @@ class Settings:
         return self.digits_batch if world == "digits" else self.mid_batch
 
 
-def _check(s: Settings) -> None:
+GPU_BENCHMARKS = ("iteration", "sampling")  # what --device cuda runs (issue: items 1-3 on a GPU, in bf16)
+
+
+def _check(s: Settings, names: list[str]) -> None:
+    if s.device not in ("cpu", "cuda"):
+        raise UserError(f"--device {s.device!r} is not a device; use cpu or cuda")
+    if s.device == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda: no CUDA GPU is visible (torch.cuda.is_available() is False); "
+                            "run on a GPU machine or leave --device out")
+        off = [n for n in names if n not in GPU_BENCHMARKS]
+        if off:
+            raise UserError(f"benchmark {off[0]!r} runs on the CPU only; with --device cuda name "
+                            f"{' or '.join(GPU_BENCHMARKS)}")
+        if "digits" in s.worlds:
+            raise UserError("--world digits runs on the CPU only (its networks are too small for a GPU); with "
+                            "--device cuda use --world sd3 and/or --world flux")
+    from senseflow.tiny_mode import MAX_RESOLUTION
+
+    if not (4 <= s.mid_resolution <= MAX_RESOLUTION and s.mid_resolution % 4 == 0):
+        raise UserError(f"--resolution {s.mid_resolution}: the mid-size models' tiny VAE draws images of a multiple "
+                        f"of 4 pixels up to {MAX_RESOLUTION}; use e.g. --resolution 64")
     bad = [w for w in s.worlds if w not in setups.WORLDS]
     if bad:
         raise UserError(f"--world {bad[0]!r} is not a benchmark world; use one of {', '.join(setups.WORLDS)}")
@@ -42,10 +65,11 @@ def _check(s: Settings) -> None:
 def _setups(s: Settings, method: str, log: Callable[[str], None]):
     world = setups.digits_world(s.quick) if "digits" in s.worlds else None
     for w in s.worlds:
-        cfg = setups.run_config(w, method, ["model.teacher=quick"] if (w == "digits" and s.quick) else [],
-                                s.batch(w), s.threads)
-        log(f"{w} {method}: building")
-        yield setups.build(w, cfg, world, tiny=s.quick)
+        extra = (["model.teacher=quick"] if s.quick else []) if w == "digits" else [
+            f"model.resolution={s.mid_resolution}"]
+        cfg = setups.run_config(w, method, extra, s.batch(w), s.threads, device=s.device)
+        log(f"{w} {method}: building on {s.device}")
+        yield setups.build(w, cfg, world, tiny=s.quick, device=s.device)
 
 
 def bench_iteration(s: Settings, log) -> list[dict]:
@@ -116,13 +140,19 @@ BENCHMARKS: dict[str, Callable[[Settings, Callable[[str], None]], list[dict]]] =
 }
 
 
+def file_name(name: str, device: str) -> str:
+    """results/bench/<name>.json on the CPU, <name>-cuda.json on a GPU."""
+    return f"{name}.json" if device == "cpu" else f"{name}-{device}.json"
+
+
 def run(names: list[str], s: Settings, out_dir: Path, log: Callable[[str], None] = print) -> list[Path]:
-    """Run each named benchmark (all when `names` is empty) and write out_dir/<name>.json; returns the paths."""
-    names = list(names) or list(BENCHMARKS)
+    """Run each named benchmark (all when `names` is empty; on a GPU, those of GPU_BENCHMARKS) and write
+    out_dir/<name>.json (<name>-cuda.json on a GPU); returns the paths."""
+    names = list(names) or list(GPU_BENCHMARKS if s.device == "cuda" else BENCHMARKS)
     for n in names:
         if n not in BENCHMARKS:
             raise UserError(f"benchmark {n!r} does not exist; use one of {', '.join(BENCHMARKS)} (or none: all)")
-    _check(s)
+    _check(s, names)
     if s.allocator not in ("keep-freed", "default"):
         raise UserError(f"--allocator {s.allocator!r} is not a setting; use keep-freed (as training) or default")
     if s.allocator == "keep-freed":
@@ -137,7 +167,7 @@ def run(names: list[str], s: Settings, out_dir: Path, log: Callable[[str], None]
             head = record.header(n, s.threads, asdict(s))
             with torch.random.fork_rng(devices=[]):
                 rows = BENCHMARKS[n](s, log)
-            paths.append(record.write(out_dir / f"{n}.json", {**head, "rows": rows}))
+            paths.append(record.write(out_dir / file_name(n, s.device), {**head, "rows": rows}))
             log(f"wrote {paths[-1]}")
     finally:
         torch.set_num_threads(old)

@@ -23,6 +23,14 @@ def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | m
           allocator: str = typer.Option("keep-freed", "--allocator",
                                         help="keep-freed (senseflow.allocator, as training sets it) | default "
                                              "(glibc's own: freed memory returned to the kernel)"),
+          device: str = typer.Option("cpu", "--device",
+                                     help="cpu | cuda (iteration and sampling on the mid-size SD3 / FLUX in bf16; "
+                                          "written to <name>-cuda.json)"),
+          batch: int = typer.Option(None, "--batch", min=1,
+                                    help="mid-size SD3 / FLUX batch (default 2 on the CPU, 16 on a GPU)"),
+          resolution: int = typer.Option(None, "--resolution", min=8,
+                                         help="mid-size SD3 / FLUX image size in pixels, at most 64 (default 32 on "
+                                              "the CPU, 64 on a GPU)"),
           out: Path = typer.Option(Path("results/bench"), "--out", help="folder for <name>.json"),
           table: bool = typer.Option(False, "--table", help="print the figures in --out as Markdown tables; run "
                                                             "nothing")):
@@ -38,10 +46,14 @@ def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | m
         typer.echo(markdown(out))
         return
 
+    gpu = device == "cuda"
     s = Settings(threads=threads, iterations=1 if quick else iterations, repeats=1 if quick else repeats,
-                 quick=quick, allocator=allocator)
+                 quick=quick, allocator=allocator, device=device, mid_batch=batch or (16 if gpu else 2),
+                 mid_resolution=resolution or (64 if gpu else 32))
     if world:
         s.worlds = tuple(world)
+    elif gpu:
+        s.worlds = ("sd3", "flux")
     if method:
         s.methods = tuple(method)
     run(names or [], s, out, log=lambda m: typer.echo(m, err=True))
