@@ -6,7 +6,7 @@ nothing to build. One training iteration of the real `Distiller` (its own method
 then traced on them:
 
 * FLOPs by component, counted by `torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions and
-  attention, forward and backward);
+  attention, forward and backward; the CPU's fused attention counted as the CUDA kernels are: `flop_counter`);
 * memory by `torch.distributed._tools.mem_tracker.MemTracker`, which follows every tensor's storage as
   it is created and freed and reports the peak by kind (parameters, buffers, gradients, optimizer
   states, activations, temporaries), once with gradient checkpointing of G and F and once without.
@@ -333,12 +333,30 @@ def iteration_parts(distiller, batch, k: int, backsim: bool, gen_step: bool, ite
     return distiller.phases(iteration, batch, anchor=k, backsim=backsim, gen_step=gen_step)
 
 
-def _flops_of(parts) -> dict[str, int]:
-    from torch.utils.flop_counter import FlopCounterMode
+def flop_counter():
+    """torch's FlopCounterMode, also counting the CPU's fused attention kernel. torch gives formulas for the
+    CUDA attention kernels only, so a trace on CPU tensors counted attention as zero FLOPs (a third of SD3.5's
+    at 1024 px); the CPU kernel gets the CUDA kernels' formulas (the backward recomputes the scores), so a CPU
+    trace counts what the GPU runs."""
+    from torch.utils import flop_counter as fc
 
+    def forward(q, k, v, *args, out_shape=None, **kwargs) -> int:  # shapes (FlopCounterMode passes shapes)
+        return fc.sdpa_flop_count(q, k, v)
+
+    def backward(grad_out, q, k, v, *args, out_shape=None, **kwargs) -> int:
+        return fc.sdpa_backward_flop_count(grad_out, q, k, v)
+
+    aten = torch.ops.aten
+    cpu = {"_scaled_dot_product_flash_attention_for_cpu": forward,
+           "_scaled_dot_product_flash_attention_for_cpu_backward": backward}
+    return fc.FlopCounterMode(display=False, custom_mapping={getattr(aten, op): f for op, f in cpu.items()
+                                                             if hasattr(aten, op)})
+
+
+def _flops_of(parts) -> dict[str, int]:
     flops: dict[str, int] = {}
     for name, fn in parts:
-        with FlopCounterMode(display=False) as counter:
+        with flop_counter() as counter:
             fn()
         flops[name] = flops.get(name, 0) + int(counter.get_total_flops())
     return flops
@@ -458,9 +476,7 @@ def mean_iteration_flops(cfg: RunConfig, flops: dict[str, int], isg_off: dict[st
 def measure_iteration(cfg: RunConfig, distiller, batch, k: int, backsim: bool, flops: bool = True
                       ) -> tuple[dict[str, int], dict[str, int]]:
     """Run one generator iteration at anchor k; per component, the peak of the bytes it creates on top of
-    what was there (LiveBytes) and, when asked, its FLOPs (FlopCounterMode). Fake or real tensors alike."""
-    from torch.utils.flop_counter import FlopCounterMode
-
+    what was there (LiveBytes) and, when asked, its FLOPs (`flop_counter`). Fake or real tensors alike."""
     peaks: dict[str, int] = {}
     counts: dict[str, int] = {}
     tracker = LiveBytes()
@@ -468,7 +484,7 @@ def measure_iteration(cfg: RunConfig, distiller, batch, k: int, backsim: bool, f
     with tracker, _autocast(cfg, distiller.device.type):
         for name, fn in parts:
             tracker.reset_peak()
-            with FlopCounterMode(display=False) if flops else contextlib.nullcontext() as counter:
+            with flop_counter() if flops else contextlib.nullcontext() as counter:
                 fn()
             peaks[name] = tracker.peak
             if flops:

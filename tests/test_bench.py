@@ -85,6 +85,32 @@ def test_scaling_fits_an_exponent(tmp_path):
         assert isinstance(r["time_exponent"], float) and all(p["peak_rss_mib"] > 0 for p in r["points"])
 
 
+def test_a_failing_configuration_keeps_the_others_figures(tmp_path, capsys, monkeypatch):
+    """One configuration that raises (a CUDA error, say) is written as a row with its error, the others keep
+    their figures, and the command exits 1 naming it."""
+    from senseflow.bench import iteration
+
+    real = iteration.time_iterations
+
+    def flaky(st, **kw):
+        if st.world == "flux":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered\nmore")
+        return real(st, **kw)
+
+    monkeypatch.setattr(iteration, "time_iterations", flaky)
+    assert main(["bench", "iteration", "--quick", "--world", "sd3", "--world", "flux", "--method", "dmd2",
+                 "--out", str(tmp_path)]) == 1
+    rows = _read(tmp_path / "iteration.json")["rows"]
+    assert [("error" in r, r["world"]) for r in rows] == [(False, "sd3"), (True, "flux")]
+    assert rows[1]["error"] == "RuntimeError: CUDA error: an illegal memory access was encountered"
+    assert rows[0]["efficiency"]["ttur_mean"] > 0
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == ("senseflow bench: failed rows (written with their error): iteration flux "
+                                           "dmd2: RuntimeError: CUDA error: an illegal memory access was encountered")
+    assert main(["bench", "--table", "--out", str(tmp_path)]) == 0
+    assert "| flux | dmd2 | failed: RuntimeError" in capsys.readouterr().out
+
+
 def test_replay_runs_each_pass_under_the_autocast_it_ran_under(monkeypatch):
     """On a GPU the step runs under bf16 autocast; a pass timed alone must run under it too (here: the CPU's)."""
     from senseflow.bench import setups

@@ -5,6 +5,7 @@ Nothing here traces a full-size model (minutes on a small CPU); the trace itself
 narrow copy of the SD3.5 architecture, fake tensors against real ones.
 """
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -192,3 +193,24 @@ def test_sdxl_dmd2_sizes_build_the_fake_score_with_a_real_sigma_table():
     nets, unit = planner.network_sizes(cfg, planner.run_parts(cfg))
     heads = [n for n in nets if n.role == "discriminator heads"]
     assert len(heads) == 1 and heads[0].params > 0 and unit > 0
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_attention_flops_count_on_the_cpu_as_on_a_gpu(fake):
+    """torch counts its CUDA attention kernels only: on CPU tensors (the planner's traces) attention counted
+    zero. The planner's counter gives the CPU kernel the CUDA formulas: 2 matmuls forward, 5 backward (the
+    scores are recomputed), each 2 b h s^2 d."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    b, h, s, d = 2, 4, 128, 32
+    mode = FakeTensorMode() if fake else contextlib.nullcontext()
+    with mode:
+        q, k, v = (torch.randn(b, h, s, d, requires_grad=True) for _ in range(3))
+        with planner.flop_counter() as counter:
+            out = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+        fwd = counter.get_total_flops()
+        with planner.flop_counter() as counter:
+            out.sum().backward()
+        bwd = counter.get_total_flops()
+    unit = 2 * b * h * s * s * d
+    assert (fwd, bwd) == (2 * unit, 5 * unit)

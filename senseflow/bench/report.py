@@ -25,6 +25,9 @@ def _iteration(d: dict) -> list[str]:
            "efficiency G / critic / mean | IDA share | ISG share | ISG / its passes | D share | backsim share |",
            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in d["rows"]:
+        if "error" in r:
+            out.append(f"| {r['world']} | {r['method']} | failed: {r['error']} |" + " |" * 10)
+            continue
         it, lim, e, a = r["iteration_ms"], r["limit_ms"], r["efficiency"], r["additions"]
         pct = lambda x: "–" if not x else f"{100 * x:.1f}%"  # noqa: E731
         out.append(f"| {r['world']} | {r['method']} | {r['teacher_params'] / 1e6:.1f}M | {r['batch_size']} | "
@@ -40,6 +43,9 @@ def _sampling(d: dict) -> list[str]:
     out = ["| world | batch | student 4 steps (ms) | teacher 50 steps (ms) | guidance | speed-up | limit | "
            "efficiency | limit at this batch | efficiency at this batch |", "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|"]
     for r in d["rows"]:
+        if "error" in r:
+            out.append(f"| {r['world']} | failed: {r['error']} |" + " |" * 8)
+            continue
         out.append(f"| {r['world']} | {r['batch_size']} | {_ms(r['student_ms'])} | {_ms(r['teacher_ms'])} | "
                    f"{r['teacher_guidance']} | **{r['speedup']:.1f}x** | {r['limit']}x | {r['efficiency']:.3f} | "
                    f"{r['limit_at_this_batch']:.1f}x | {r['efficiency_at_this_batch']:.3f} |")

@@ -62,35 +62,58 @@ def _check(s: Settings, names: list[str]) -> None:
         raise UserError(f"--method {bad[0]!r} is not a method; use senseflow or dmd2")
 
 
-def _setups(s: Settings, method: str, log: Callable[[str], None]):
-    world = setups.digits_world(s.quick) if "digits" in s.worlds else None
+def _setup(s: Settings, w: str, method: str, log: Callable[[str], None]) -> setups.Setup:
+    world = setups.digits_world(s.quick) if w == "digits" else None  # built once, then read from the cache
+    extra = (["model.teacher=quick"] if s.quick else []) if w == "digits" else [f"model.resolution={s.mid_resolution}"]
+    cfg = setups.run_config(w, method, extra, s.batch(w), s.threads, device=s.device)
+    log(f"{w} {method}: building on {s.device}")
+    return setups.build(w, cfg, world, tiny=s.quick, device=s.device)
+
+
+class BenchmarkFailed(RuntimeError):
+    """Some rows of a benchmark raised; the others were written (each failed row names its error)."""
+
+
+def _row(fn, ident: dict, log) -> dict:
+    """fn()'s row, or, if it raises, a row of `ident` and the error (its traceback goes to the log): one
+    configuration that fails (a CUDA error, say) does not take the others' figures with it."""
+    import traceback
+
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001 - recorded in the row and reported by `run`
+        log(traceback.format_exc())
+        return {**ident, "error": f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"}
+
+
+def _setup_rows(s: Settings, method: str, log, fn) -> list[dict]:
+    rows = []
     for w in s.worlds:
-        extra = (["model.teacher=quick"] if s.quick else []) if w == "digits" else [
-            f"model.resolution={s.mid_resolution}"]
-        cfg = setups.run_config(w, method, extra, s.batch(w), s.threads, device=s.device)
-        log(f"{w} {method}: building on {s.device}")
-        yield setups.build(w, cfg, world, tiny=s.quick, device=s.device)
+        ident = {"world": w, "method": method}
+        rows.append(_row(lambda: fn(_setup(s, w, method, log)), ident, log))
+    return rows
 
 
 def bench_iteration(s: Settings, log) -> list[dict]:
     from senseflow.bench.iteration import time_iterations
 
-    rows = []
-    for method in s.methods:
-        for st in _setups(s, method, log):
-            rows.append(time_iterations(st, iterations=s.iterations, warmup=s.warmup))
-            log(f"  {st.world} {method}: efficiency {rows[-1]['efficiency']}")
-    return rows
+    def one(st):
+        row = time_iterations(st, iterations=s.iterations, warmup=s.warmup)
+        log(f"  {st.world} {row['method']}: efficiency {row['efficiency']}")
+        return row
+
+    return [r for method in s.methods for r in _setup_rows(s, method, log, one)]
 
 
 def bench_sampling(s: Settings, log) -> list[dict]:
     from senseflow.bench.sampling import time_sampling
 
-    rows = []
-    for st in _setups(s, "senseflow", log):
-        rows.append(time_sampling(st, batch_size=s.batch(st.world), repeats=s.repeats))
-        log(f"  {st.world}: speed-up {rows[-1]['speedup']}x of {rows[-1]['limit']}x")
-    return rows
+    def one(st):
+        row = time_sampling(st, batch_size=s.batch(st.world), repeats=s.repeats)
+        log(f"  {st.world}: speed-up {row['speedup']}x of {row['limit']}x")
+        return row
+
+    return _setup_rows(s, "senseflow", log, one)
 
 
 def bench_step(s: Settings, log) -> list[dict]:
@@ -160,6 +183,7 @@ def run(names: list[str], s: Settings, out_dir: Path, log: Callable[[str], None]
 
         s.extra["allocator_applied"] = keep_freed_memory()
     paths = []
+    failed = []
     old = torch.get_num_threads()
     torch.set_num_threads(s.threads)
     try:
@@ -169,6 +193,10 @@ def run(names: list[str], s: Settings, out_dir: Path, log: Callable[[str], None]
                 rows = BENCHMARKS[n](s, log)
             paths.append(record.write(out_dir / file_name(n, s.device), {**head, "rows": rows}))
             log(f"wrote {paths[-1]}")
+            failed += [f"{n} {r.get('world', '')} {r.get('method', '')}: {r['error']}".replace("  ", " ")
+                       for r in rows if "error" in r]
     finally:
         torch.set_num_threads(old)
+    if failed:
+        raise BenchmarkFailed("; ".join(failed))
     return paths

@@ -56,4 +56,10 @@ def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | m
         s.worlds = ("sd3", "flux")
     if method:
         s.methods = tuple(method)
-    run(names or [], s, out, log=lambda m: typer.echo(m, err=True))
+    from senseflow.bench.suite import BenchmarkFailed
+
+    try:
+        run(names or [], s, out, log=lambda m: typer.echo(m, err=True))
+    except BenchmarkFailed as e:  # the other rows are written; each failure's traceback is in the log above
+        typer.echo(f"senseflow bench: failed rows (written with their error): {e}", err=True)
+        raise typer.Exit(1) from None
