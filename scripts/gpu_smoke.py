@@ -10,7 +10,8 @@ planner's one-GPU figure for the same networks (text encoders excluded).
 Then, per component of one generator iteration (the planner's own phases: the last anchor, with backward
 simulation), the peak memory the component allocates on top of what was there (torch.cuda's peak
 allocated, reset before each phase), with gradient checkpointing on and off, beside the planner's traced
-figure for the same component (`peak_new`). Memory is torch's caching allocator's count of allocated bytes
+figure for the same component (`peak_new`) and beside the planner's storage tracker (LiveBytes) run on the
+same GPU iteration. Memory is torch's caching allocator's count of allocated bytes
 (torch.cuda.max_memory_allocated): what tensors hold, not what the allocator has reserved from the driver.
 
 The plan comes from `--plan FILE` (the JSON of `senseflow plan PRESET ... --gpus 1 --json`, made on any
@@ -125,17 +126,23 @@ def main() -> int:
         label = "checkpointing" if ck else "no checkpointing"
         try:
             measured = _phase_peaks(cfg, distiller, batch)
+            # the planner's own storage tracker on the real GPU tensors: tells the trace's errors (fake CPU
+            # tensors against these) from the tracker's (these against the allocator)
+            live, _ = planner.measure_iteration(cfg, distiller, batch, distiller.few_step.num_steps - 1, True,
+                                                flops=False)
         except torch.cuda.OutOfMemoryError as e:
-            measured = {"out of memory": str(e).splitlines()[0]}
+            measured, live = {"out of memory": str(e).splitlines()[0]}, {}
         traced = p["traces"][label]["peak_new"]
         phases[label] = {name: {"measured_gib": v / 2 ** 30 if isinstance(v, int) else v,
+                                "storages_followed_on_gpu_gib": live.get(name, 0) / 2 ** 30,
                                 "planned_gib": traced.get(name, 0) / 2 ** 30,
                                 "planned_over_measured": (traced.get(name, 0) / v) if isinstance(v, int) and v else None}
                          for name, v in measured.items()}
         for name, r in phases[label].items():
             mg = r["measured_gib"]
             shown = mg if isinstance(mg, str) else f"{mg:.2f} GiB"
-            print(f"  {label:17s} {name:20s} measured {shown}, planned {r['planned_gib']:.2f} GiB", flush=True)
+            print(f"  {label:17s} {name:20s} measured {shown}, followed {r['storages_followed_on_gpu_gib']:.2f} GiB, "
+                  f"planned {r['planned_gib']:.2f} GiB", flush=True)
     result = {"card": torch.cuda.get_device_name(0), "torch": torch.__version__, "preset": args.preset,
               "overrides": [*SMOKE_OVERRIDES, *args.overrides], "batch_size": cfg.train.batch_size,
               "resolution": cfg.model.resolution, "iterations": args.iterations,

@@ -112,6 +112,10 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
     from accelerate import Accelerator
 
     use_cuda = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if use_cuda:
+        from senseflow import cuda_kernels
+
+        cuda_kernels.configure()
     trackers = list(cfg.train.trackers)
     for name in trackers:
         import importlib.util

@@ -17,8 +17,8 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS: dict[str, tuple[str, ...]] = {
     "core": ("senseflow", "senseflow.flow", "senseflow.losses", "senseflow.generator", "senseflow.distill",
              "senseflow.discriminators", "senseflow.models", "senseflow.backbones", "senseflow.precision",
-             "senseflow.parallel", "senseflow.config", "senseflow.tiny_mode", "senseflow.metric_names",
-             "senseflow.errors"),
+             "senseflow.cuda_kernels", "senseflow.parallel", "senseflow.config", "senseflow.tiny_mode",
+             "senseflow.metric_names", "senseflow.errors"),
     "training": ("senseflow.train", "senseflow.checkpoint", "senseflow.run_folder", "senseflow.world",
                  "senseflow.data", "senseflow.progress", "senseflow.allocator"),
     "worlds/evals": ("senseflow.worlds", "senseflow.components", "senseflow.evaluate", "evals"),

@@ -98,6 +98,10 @@ def build(world: str, cfg: RunConfig, digits_world=None, tiny: bool = False, dev
     tiny: SD3 / FLUX with the tiny transformer of `model.tiny=true` instead of the mid-size one (tests).
     device: where the frozen networks are put, at model.dtype (SD3 / FLUX; the digits world is CPU-only)."""
     dev = torch.device(device)
+    if dev.type == "cuda":
+        from senseflow import cuda_kernels
+
+        cuda_kernels.configure()  # as training does
     if world == "digits":
         if dev.type != "cpu":
             raise ValueError(f"the digits world is benchmarked on the CPU only, not on {dev}")
