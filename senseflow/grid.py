@@ -112,16 +112,24 @@ class Grid:
     def root(self) -> Path:
         return Path(self.specs[0].cfg.output.root) if self.specs else Path("results/runs")
 
-    def select(self, patterns: list[str] | None) -> list[RunSpec]:
-        """Specs whose cell name matches any shell-style pattern (all when none given)."""
-        if not patterns:
-            return list(self.specs)
+    def select(self, patterns: list[str] | None, seeds: list[int] | None = None) -> list[RunSpec]:
+        """Specs whose cell name matches any shell-style pattern (all when none given) and, when `seeds` is
+        given, whose seed is one of them."""
         import fnmatch
 
-        chosen = [s for s in self.specs if any(fnmatch.fnmatchcase(s.name, p) or p == s.run_id for p in patterns)]
-        if not chosen:
-            names = sorted({s.name for s in self.specs})
-            raise ConfigError(f"--only {patterns!r} matches no cell of grid '{self.name}' (cells: {', '.join(names)})")
+        chosen = list(self.specs)
+        if patterns:
+            chosen = [s for s in chosen if any(fnmatch.fnmatchcase(s.name, p) or p == s.run_id for p in patterns)]
+            if not chosen:
+                names = sorted({s.name for s in self.specs})
+                raise ConfigError(f"--only {patterns!r} matches no cell of grid '{self.name}' (cells: {', '.join(names)})")
+        if seeds:
+            known = sorted({s.seed for s in chosen})
+            bad = [x for x in seeds if x not in known]
+            if bad:
+                raise ConfigError(f"--seeds {bad[0]} is not a seed of grid '{self.name}'"
+                                  f"{' in the cells chosen' if patterns else ''} (seeds: {', '.join(map(str, known))})")
+            chosen = [s for s in chosen if s.seed in seeds]
         return chosen
 
 

@@ -54,6 +54,18 @@ def test_expansion_crosses_variants_axes_and_seeds(tmp_path):
     assert g2.specs[0].cfg.ida.enabled is True
 
 
+def test_seeds_choose_runs_and_a_seed_the_grid_lacks_is_one_line(tmp_path, capsys):
+    """`grid run --seeds 0` runs part of a grid now (the main job's subset); the rest joins later."""
+    grid = load_grid(write(tmp_path, grid_doc(tmp_path, seeds=[0, 1, 2])))
+    part = grid.select(None, [0, 2])
+    assert {s.seed for s in part} == {0, 2} and len(part) == 2 * len(grid.specs) // 3
+    assert [s.name for s in grid.select(["full*"], [1])] == ["full (ida.enabled=false)", "full (ida.enabled=true)"]
+    path = write(tmp_path, grid_doc(tmp_path, seeds=[0, 1, 2]))
+    assert main(["grid", "plan", str(path), "--seeds", "7"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--seeds 7 is not a seed of grid 'g'" in err[0] and "seeds: 0, 1, 2" in err[0]
+
+
 def test_axes_only_and_override_forms_agree(tmp_path):
     a = load_grid({"base": "digits-senseflow", "overrides": ["isg.weight=0.5", "train.iterations=10"],
                    "axes": {"ida.lam": [0.9, 0.95], "isg.enabled": [True]}}, name="axes")

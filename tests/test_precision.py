@@ -227,3 +227,20 @@ def test_resume_refuses_another_optimizer_class(tmp_path):
     status["optimizer"]["class"] = "torch.optim.adamw.AdamW"
     (tmp_path / "status.json").write_text(json.dumps(status))
     assert train(cfg, tmp_path, build_components(cfg), progress=False).state == "completed"
+
+
+def test_cuda_runs_turn_cudnn_attention_off():
+    """cuDNN's fused attention backward failed on FLUX's DMD2 step on an H200 (docs/FIDELITY.md): GPU runs
+    turn it off before their first CUDA work, leaving flash and memory-efficient attention on."""
+    from senseflow import cuda_kernels
+
+    before = (torch.backends.cuda.cudnn_sdp_enabled(), torch.backends.cuda.flash_sdp_enabled(),
+              torch.backends.cuda.mem_efficient_sdp_enabled())
+    try:
+        torch.backends.cuda.enable_cudnn_sdp(True)
+        cuda_kernels.configure()
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() == before[1]
+        assert torch.backends.cuda.mem_efficient_sdp_enabled() == before[2]
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(before[0])

@@ -100,10 +100,11 @@ def _table(grid: Grid, specs: list[RunSpec], detail: bool) -> dict[str, int]:
 
 @app.command()
 def plan(file: Path = typer.Argument(..., help="grid YAML, e.g. experiments/digits/ablation.yaml"),
-         only: list[str] = typer.Option(None, "--only", help="cells whose name matches (glob; repeatable)")):
+         only: list[str] = typer.Option(None, "--only", help="cells whose name matches (glob; repeatable)"),
+         seeds: list[int] = typer.Option(None, "--seeds", help="only the runs of these seeds (repeatable)")):
     """Dry run: every cell, its own overrides and what is already done (new / done / partial / failed)."""
     grid = load_grid(file)
-    specs = grid.select(only)
+    specs = grid.select(only, seeds)
     _header(grid, specs)
     _table(grid, specs, detail=False)
     from senseflow import preflight
@@ -129,6 +130,8 @@ def run(file: Path = typer.Argument(..., help="grid YAML"),
         parallel: int = typer.Option(None, help="runs at once (local: default cores // train.threads; "
                                                "slurm: array parallelism, default from the profile)"),
         only: list[str] = typer.Option(None, "--only", help="cells whose name matches (glob; repeatable)"),
+        seeds: list[int] = typer.Option(None, "--seeds", help="only the runs of these seeds (repeatable; the "
+                                                              "others can run later and join the same tables)"),
         sync: bool = typer.Option(True, "--sync/--no-sync", help="rebuild the DuckDB store at the end"),
         db: Path = typer.Option(None, help="DuckDB file (default: grid's `db:` or <results>/senseflow.duckdb)"),
         evaluate: bool = typer.Option(True, "--eval/--no-eval", help="evaluate each run after training"),
@@ -142,7 +145,7 @@ def run(file: Path = typer.Argument(..., help="grid YAML"),
 
     check_executor(executor)
     grid = load_grid(file)
-    specs = grid.select(only)
+    specs = grid.select(only, seeds)
     missing = preflight.missing_lines(preflight.check_many(s.cfg for s in specs))
     if missing and not allow_missing:
         for line in missing:
