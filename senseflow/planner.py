@@ -5,11 +5,12 @@ FakeTensorMode: tensors carry shapes, dtypes and devices but no storage, so a 12
 nothing to build. One training iteration of the real `Distiller` (its own methods, in its own order) is
 then traced on them:
 
-* FLOPs by component, counted by `torch.utils.flop_counter.FlopCounterMode` (matmuls, convolutions and
-  attention, forward and backward; the CPU's fused attention counted as the CUDA kernels are: `flop_counter`);
-* memory by `torch.distributed._tools.mem_tracker.MemTracker`, which follows every tensor's storage as
-  it is created and freed and reports the peak by kind (parameters, buffers, gradients, optimizer
-  states, activations, temporaries), once with gradient checkpointing of G and F and once without.
+* memory by `LiveBytes`, which follows every storage the iteration creates until it is freed and reports
+  each component's peak, once with gradient checkpointing of G and F and once without; under bf16 autocast
+  with CUDA autocast's fp32 functions (`_cuda_autocast_policy`), as the GPU run would hold them;
+* FLOPs by component, in a pass of their own (`measure_iteration`), counted by torch's FlopCounterMode
+  (matmuls, convolutions and attention, forward and backward; the CPU's fused attention counted as the
+  CUDA kernels are: `flop_counter`).
 
 Data-dependent reads (`float(loss)` for logging, the omega > 0 test) have no value under fake tensors;
 they read 1.0 here (`_ScalarReads`), so every branch that costs compute is taken.
@@ -409,19 +410,19 @@ def _cuda_autocast_policy():
             setattr(owner, name, fn)
 
 
+@contextlib.contextmanager
 def _autocast(cfg: RunConfig, device_type: str = "cpu"):
     """The step's autocast without its weight cache: the cache keeps a low-precision copy of every fp32
     weight used until the step ends, which only the one-process layout has (FSDP gathers the weights in
     the compute dtype already); `layout_bytes` adds it there. On the CPU (a trace of a GPU run) with CUDA
     autocast's fp32 functions (`_cuda_autocast_policy`)."""
     if cfg.train.mixed_precision == "no":
-        return contextlib.nullcontext()
+        yield
+        return
     dtype = torch.bfloat16 if cfg.train.mixed_precision == "bf16" else torch.float16
-    stack = contextlib.ExitStack()
-    stack.enter_context(torch.autocast(device_type, dtype=dtype, cache_enabled=False))
-    if device_type == "cpu":
-        stack.enter_context(_cuda_autocast_policy())
-    return stack
+    policy = _cuda_autocast_policy() if device_type == "cpu" else contextlib.nullcontext()
+    with torch.autocast(device_type, dtype=dtype, cache_enabled=False), policy:
+        yield
 
 
 @dataclass
