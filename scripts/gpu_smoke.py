@@ -87,7 +87,7 @@ def main() -> int:
     t0 = time.perf_counter()
     p = _plan(cfg, args.plan, card / 2 ** 30)
     plan_s = time.perf_counter() - t0
-    text_bytes = sum((n["params"] + n["buffers"]) * torch.empty(0, dtype=getattr(torch, n["dtype"])).element_size()
+    text_bytes = sum((n["params"] + n["buffers"]) * getattr(torch, n["dtype"]).itemsize
                      for n in p["networks"] if n["role"] == "text encoder")
     predicted = p["layouts"][0]["total_gib"] * 2 ** 30 - text_bytes
 

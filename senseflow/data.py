@@ -82,9 +82,8 @@ class ImageTextData:
         idx = torch.randint(len(self.pairs), (batch_size,), generator=rng).tolist()
         pixels = torch.stack([load_image(self.pairs[i][0], self.resolution) for i in idx])
         prompts = [self.pairs[i][1] for i in idx]
-        device = next(iter(self.codec.parameters()), torch.empty(0)).device
         # the posterior draw comes last from the batch's rng: indices and images are as without it
-        latents = self.codec.encode(pixels.to(device), rng=rng, sample=self.sample_posterior)
+        latents = self.codec.encode(pixels, rng=rng, sample=self.sample_posterior)
         return Batch(latents, pixels, self.text_encoder.encode(prompts), prompts)
 
 
@@ -105,6 +104,5 @@ class SyntheticData:
         pixels = torch.nn.functional.interpolate(low, size=self.resolution, mode="bilinear", align_corners=False)
         idx = torch.randint(len(self.PROMPTS), (batch_size,), generator=rng).tolist()
         prompts = [self.PROMPTS[i] for i in idx]
-        device = next(iter(self.codec.parameters()), torch.empty(0)).device  # the VAE's, as ImageTextData
-        latents = self.codec.encode(pixels.to(device), rng=rng, sample=self.sample_posterior)
+        latents = self.codec.encode(pixels, rng=rng, sample=self.sample_posterior)
         return Batch(latents, pixels, self.text_encoder.encode(prompts), prompts)

@@ -42,6 +42,11 @@ class Batch:
     prompts: list[str] | None = None
     disc_text: Tensor | None = None  # D's own text embedding of the prompts (gan.text_condition=clip), per step
 
+    def to(self, device: torch.device | str) -> "Batch":
+        """The batch with its tensors on `device` (prompts and the per-step text embedding as they are)."""
+        return dataclasses.replace(self, latents=self.latents.to(device), pixels=self.pixels.to(device),
+                                   cond=self.cond.to(device))
+
 
 def step_rng(seed: int, iteration: int, stream: int = 0, rank: int = 0) -> torch.Generator:
     """A CPU random-number generator determined by (seed, iteration, stream, rank)."""

@@ -29,7 +29,7 @@ from senseflow import checkpoint
 from senseflow import config as config_mod
 from senseflow import precision
 from senseflow.config import RunConfig
-from senseflow.distill import Batch, Distiller, finite, step_rng
+from senseflow.distill import Distiller, finite, step_rng
 from senseflow.run_folder import METRICS_FILE, PREVIEW_SIDE, State, save_png, write_status
 from senseflow.world import Components
 
@@ -192,8 +192,7 @@ def train(cfg: RunConfig, run_dir: str | Path, components: Components, *, run_id
         for it in bar:
             batch = components.data.batch(it, cfg.train.batch_size, step_rng(cfg.train.seed, it, stream=2,
                                                                                    rank=ctx.rank))
-            batch = Batch(batch.latents.to(accelerator.device), batch.pixels.to(accelerator.device),
-                          batch.cond.to(accelerator.device), batch.prompts)
+            batch = batch.to(accelerator.device)
             with accelerator.autocast():
                 m = distiller.step(it, batch)
             m = ctx.mean_metrics(m)  # every rank sees the same losses and takes the same divergence decision

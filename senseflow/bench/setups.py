@@ -86,11 +86,16 @@ def _mid_bundle(family: str, resolution: int, device: torch.device, dtype: torch
             else:
                 backbone = FluxTransformer2DModel(**MID_FLUX)
         comps["transformer"] = backbone.eval().requires_grad_(False)
-        bundle = bundle_from_components(family, comps, resolution=resolution, max_sequence_length=T5_MAX_LENGTH)
-        for frozen in (bundle.teacher, bundle.codec, bundle.text_encoder):  # model.dtype, on the device
-            frozen.to(device=device, dtype=dtype)
-        _cache[key] = bundle
+        _cache[key] = _place(bundle_from_components(family, comps, resolution=resolution,
+                                                    max_sequence_length=T5_MAX_LENGTH), device, dtype)
     return _cache[key]
+
+
+def _place(bundle, device: torch.device, dtype: torch.dtype):
+    """The bundle with its frozen networks (teacher, VAE, text encoders) on `device` at `dtype` (model.dtype)."""
+    for frozen in (bundle.teacher, bundle.codec, bundle.text_encoder):
+        frozen.to(device=device, dtype=dtype)
+    return bundle
 
 
 def build(world: str, cfg: RunConfig, digits_world=None, tiny: bool = False, device: str = "cpu") -> Setup:
@@ -115,9 +120,7 @@ def build(world: str, cfg: RunConfig, digits_world=None, tiny: bool = False, dev
         if tiny:
             from senseflow.models.tiny import tiny_bundle
 
-            bundle = tiny_bundle(world, resolution=res, seed=0)
-            for frozen in (bundle.teacher, bundle.codec, bundle.text_encoder):
-                frozen.to(device=dev, dtype=DTYPES[cfg.model.dtype])
+            bundle = _place(tiny_bundle(world, resolution=res, seed=0), dev, DTYPES[cfg.model.dtype])
         else:
             bundle = _mid_bundle(world, res, dev, DTYPES[cfg.model.dtype])
         comps = synthetic_components(cfg, bundle, res)
@@ -139,14 +142,11 @@ def distiller(setup: Setup):
 
 def batch(setup: Setup, iteration: int):
     """The training batch of `iteration` (drawn as senseflow.train draws it), on the setup's device."""
-    from dataclasses import replace
-
     from senseflow.distill import step_rng
 
     cfg = setup.cfg
     b = setup.components.data.batch(iteration, cfg.train.batch_size, step_rng(cfg.train.seed, iteration, stream=2))
-    dev = setup.device
-    return replace(b, latents=b.latents.to(dev), pixels=b.pixels.to(dev), cond=b.cond.to(dev))
+    return b.to(setup.device)
 
 
 def autocast(setup: Setup):

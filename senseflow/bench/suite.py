@@ -33,6 +33,7 @@ class Settings:
 
 
 GPU_BENCHMARKS = ("iteration", "sampling")  # what --device cuda runs (issue: items 1-3 on a GPU, in bf16)
+GPU_MID_BATCH, GPU_MID_RESOLUTION = 16, 64  # on a GPU: 16 x 256 image tokens per forward (the tiny VAE's largest)
 
 
 def _check(s: Settings, names: list[str]) -> None:

@@ -38,7 +38,7 @@ def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | m
     (iteration), the 4-step student against the 50-step guided teacher (sampling), metric throughput (metrics),
     Distiller.step on the digits world (step: digits-senseflow, digits-dmd2, and digits-senseflow without D),
     time and memory against batch and image size (scaling), a local grid against separate processes (harness)."""
-    from senseflow.bench.suite import Settings, run
+    from senseflow.bench.suite import GPU_MID_BATCH, GPU_MID_RESOLUTION, Settings, run
 
     if table:
         from senseflow.bench.report import markdown
@@ -48,8 +48,9 @@ def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | m
 
     gpu = device == "cuda"
     s = Settings(threads=threads, iterations=1 if quick else iterations, repeats=1 if quick else repeats,
-                 quick=quick, allocator=allocator, device=device, mid_batch=batch or (16 if gpu else 2),
-                 mid_resolution=resolution or (64 if gpu else 32))
+                 quick=quick, allocator=allocator, device=device,
+                 mid_batch=batch or (GPU_MID_BATCH if gpu else Settings.mid_batch),
+                 mid_resolution=resolution or (GPU_MID_RESOLUTION if gpu else Settings.mid_resolution))
     if world:
         s.worlds = tuple(world)
     elif gpu:

@@ -145,8 +145,9 @@ class TextEncoder(nn.Module):
 
 
 class LatentCodec(nn.Module):
-    """Pixels in [-1, 1], (B, 3 or 1, H, W) <-> latents the denoiser works on. `encode` may draw from a
-    posterior (`sample=True`, with `rng`); deterministic codecs ignore both."""
+    """Pixels in [-1, 1], (B, 3 or 1, H, W) <-> latents the denoiser works on. `encode` takes pixels on any
+    device and returns the latents on the codec's own; it may draw from a posterior (`sample=True`, with
+    `rng`); deterministic codecs ignore both."""
 
     def encode(self, pixels: Tensor, rng: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
         raise NotImplementedError

@@ -49,7 +49,7 @@ class VAECodec(LatentCodec):
 
     @torch.no_grad()
     def encode(self, pixels: Tensor, rng: torch.Generator | None = None, sample: bool | None = None) -> Tensor:
-        dist = self.vae.encode(pixels.to(self.vae.dtype)).latent_dist
+        dist = self.vae.encode(pixels.to(device=self.vae.device, dtype=self.vae.dtype)).latent_dist
         draw = self.sample if sample is None else sample
         z = dist.sample(rng) if draw else dist.mean
         return ((z - self.shift_factor) * self.scaling_factor).to(pixels.dtype)
