@@ -423,9 +423,10 @@ class CellState:
         return self.kind
 
 
-def is_locked(run_dir: Path) -> bool:
-    """True when another process holds the run's lock (i.e. it is executing right now, on this host)."""
-    p = Path(run_dir) / RUN_LOCK
+def is_locked(run_dir: Path, name: str = RUN_LOCK) -> bool:
+    """True when another process holds the run's lock (i.e. it is executing right now, on this host); `name`
+    picks another lock file in the folder (a sweep's trial locks)."""
+    p = Path(run_dir) / name
     if not p.exists():
         return False
     try:
@@ -445,10 +446,11 @@ def is_locked(run_dir: Path) -> bool:
 
 class run_lock:
     """Exclusive flock on <run_dir>/.run.lock while a run executes: two grid runs or sweep workers never
-    train the same run at once (the second waits, then finds it finished). Released when the process dies."""
+    train the same run at once (the second waits, then finds it finished). Released when the process dies.
+    `name` picks another lock file in the folder (a sweep's trial locks)."""
 
-    def __init__(self, run_dir: Path, blocking: bool = True):
-        self.path = Path(run_dir) / RUN_LOCK
+    def __init__(self, run_dir: Path, blocking: bool = True, name: str = RUN_LOCK):
+        self.path = Path(run_dir) / name
         self.blocking = blocking
         self.fd: int | None = None
 

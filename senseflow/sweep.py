@@ -42,9 +42,11 @@ ending .db/.sqlite (SQLite), .journal/.log (journal) or a database URL.
 
 Workers (`--workers N`): N processes (local) or SLURM jobs, each asking the shared study for trials
 until the study holds `trials` trials. Asking is serialised by a lock file next to the storage, so
-the count is exact; a trial's run is locked while it trains (grid.run_lock), so a worker killed
-mid-trial leaves a RUNNING trial with a free lock: the next worker to start marks it FAIL and
-enqueues the same parameters again, which resumes the same run from its last checkpoint.
+the count is exact. A worker holds its trial's lock (results/sweeps/<name>.trials/<number>.lock) from
+the ask to the tell, so a worker killed mid-trial leaves a RUNNING trial with a free lock: the next
+worker to start marks it FAIL and enqueues the same parameters again, which resumes the same run from
+its last checkpoint. (The run's own lock, grid.run_lock, is freed before the tell, so it cannot tell a
+dead worker's trial from one that has just finished.)
 """
 
 from __future__ import annotations
@@ -332,6 +334,16 @@ def lock_path_for(storage: str, sweep: Sweep) -> Path:
     return p.with_name(p.name + ".ask-lock")  # not '<journal>.lock': optuna's JournalFileOpenLock uses that name
 
 
+def trial_locks_dir(storage: str, sweep: Sweep) -> Path:
+    """Folder of the trials' liveness locks: <dir>/<number>.lock is held by the worker that runs trial <number>,
+    from its ask to its tell, and released by the kernel when that worker dies."""
+    ask = lock_path_for(storage, sweep)
+    return ask.with_name(ask.name.removesuffix(".ask-lock") + ".trials")
+
+
+def trial_lock(storage: str, sweep: Sweep, number: int, blocking: bool = True) -> run_lock:
+    return run_lock(trial_locks_dir(storage, sweep), blocking=blocking, name=f"{number}.lock")
+
 
 
 def make_sampler(sweep: Sweep, worker: int = 0):
@@ -388,15 +400,16 @@ def counted_trials(study) -> int:
     return n
 
 
-def reclaim_interrupted(study) -> list[int]:
-    """RUNNING trials whose run is not locked by any process were interrupted: FAIL them and enqueue their
-    parameters again (same config -> same run folder -> resumes from its last checkpoint)."""
+def reclaim_interrupted(study, locks: Path) -> list[int]:
+    """RUNNING trials whose lock in `locks` no process holds were interrupted: FAIL them and enqueue their
+    parameters again (same config -> same run folder -> resumes from its last checkpoint). Call it under the
+    ask lock: a worker takes its trial's lock in the same section as the ask, and keeps it until its tell
+    (the run's own lock is released before the tell, so it cannot tell a finished trial from a dead one)."""
     from optuna.trial import TrialState
 
     reclaimed = []
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        rd = t.user_attrs.get("run_dir")
-        if not rd or is_locked(Path(rd)):
+        if is_locked(locks, name=f"{t.number}.lock"):
             continue
         study.tell(t.number, state=TrialState.FAIL)
         study.enqueue_trial(t.params, user_attrs={"resumes_trial": t.number}, skip_if_exists=False)
@@ -490,21 +503,25 @@ def run_worker(sweep_doc: dict, sweep_path: str | None, storage: str, target: in
     if isinstance(fn, ExecuteJob) and sweep.prunes and sweep.intermediate["source"] == "eval":
         fn = dataclasses.replace(fn, eval_chunks=True)  # evaluate each chunk's checkpoint for the pruner
     study = open_study(sweep, storage, worker)
-    lock = lock_path_for(storage, sweep)
+    lock, locks = lock_path_for(storage, sweep), trial_locks_dir(storage, sweep)
     finished = 0
     with file_lock(lock):
-        reclaim_interrupted(study)
+        reclaim_interrupted(study, locks)
     while True:
         with file_lock(lock):
             if counted_trials(study) >= target:
                 break
             trial = study.ask()
+            alive = trial_lock(storage, sweep, trial.number, blocking=False)
+            if not alive.acquire():
+                raise RuntimeError(f"trial {trial.number}'s lock {alive.path} is held by another process")
             values = {p.key: p.suggest(trial) for p in sweep.params}
             try:
                 cfg = sweep.config_for(values)
             except ConfigError as e:  # a combination the config rejects (e.g. isg.margin vs anchors)
                 trial.set_user_attr("outcome", f"invalid: {e}")
                 study.tell(trial, state=TrialState.FAIL)
+                alive.release()
                 continue
             run_dir = sweep.run_dir(cfg).resolve()
             rl = run_lock(run_dir, blocking=False)
@@ -512,16 +529,19 @@ def run_worker(sweep_doc: dict, sweep_path: str | None, storage: str, target: in
             trial.set_user_attr("run_id", run_dir.name)
             trial.set_user_attr("run_dir", str(run_dir))
             trial.set_user_attr("worker", worker)
-        if not have:  # same parameters already training in another trial: wait, then reuse its run
-            rl = run_lock(run_dir)
-            rl.acquire()
         try:
-            _write_trial_note(run_dir, sweep, trial.number, values)
-            state, vals, outcome = run_trial(trial, sweep, cfg, run_dir, fn)
+            if not have:  # same parameters already training in another trial: wait, then reuse its run
+                rl = run_lock(run_dir)
+                rl.acquire()
+            try:
+                _write_trial_note(run_dir, sweep, trial.number, values)
+                state, vals, outcome = run_trial(trial, sweep, cfg, run_dir, fn)
+            finally:
+                rl.release()
+            trial.set_user_attr("outcome", outcome)
+            study.tell(trial, vals if state == TrialState.COMPLETE else None, state=state)
         finally:
-            rl.release()
-        trial.set_user_attr("outcome", outcome)
-        study.tell(trial, vals if state == TrialState.COMPLETE else None, state=state)
+            alive.release()
         finished += 1
     return finished
 
@@ -575,7 +595,7 @@ def run_sweep(sweep: Sweep, *, trials: int | None = None, workers: int = 1, exec
     storage = storage or sweep.storage_for(executor)
     study = open_study(sweep, storage, create=True)
     with file_lock(lock_path_for(storage, sweep)):
-        reclaimed = reclaim_interrupted(study)
+        reclaimed = reclaim_interrupted(study, trial_locks_dir(storage, sweep))
     if reclaimed:
         emit("reclaim", trials=reclaimed)
     if counted_trials(study) >= target:
@@ -607,9 +627,18 @@ def run_sweep(sweep: Sweep, *, trials: int | None = None, workers: int = 1, exec
         try:
             finished.append(int(j.result()))
         except Exception as e:
-            lines = [ln for ln in str(e).splitlines() if ln.strip()]
-            errors.append(f"worker job {j.job_id}: {lines[-1] if lines else type(e).__name__}")
+            errors.append(f"worker job {j.job_id}: {failure_line(e)} (log: {j.paths.stderr})")
     return SweepReport(storage, finished, errors, time.time() - t0)
+
+
+def failure_line(e: BaseException) -> str:
+    """The line of a failed submitit job's error that names the exception. submitit wraps the worker's
+    traceback between dashed lines and ends with the log paths, which say nothing of the cause."""
+    lines = [ln.rstrip() for ln in str(e).splitlines() if ln.strip()]
+    rules = [i for i, ln in enumerate(lines) if len(ln) >= 10 and set(ln) == {"-"}]
+    if len(rules) >= 2:  # submitit.core.utils.FailedJobError: the traceback lies between the rules
+        lines = lines[rules[0] + 1:rules[-1]]
+    return lines[-1].strip() if lines else type(e).__name__
 
 
 # ============================================================================ show

@@ -132,6 +132,43 @@ def test_interrupted_trial_is_enqueued_again_and_its_run_resumes(tmp_path):
     assert read_status(run_dir)["resumed_from"] == 10 and read_status(run_dir)["state"] == "completed"
 
 
+def test_a_trial_that_just_finished_its_run_is_not_reclaimed_before_its_tell(tmp_path, monkeypatch):
+    """A worker releases its run's lock before it tells the study; a worker starting in that gap must not take
+    the trial for an interrupted one (it did: the first worker's tell then failed on a finished trial)."""
+    import senseflow.sweep as sweep_mod
+    from senseflow.grid import RUN_LOCK, run_lock
+
+    sw = load_sweep(sweep_doc(tmp_path, trials=3))
+    storage = str(Path(sw.storage_for("local")).resolve())
+    reclaimed = []
+
+    class ReclaimAfterRelease(run_lock):
+        def release(self):
+            super().release()
+            if self.path.name == RUN_LOCK:  # another worker starts now
+                other = open_study(sw, storage, worker=1)
+                with sweep_mod.file_lock(sweep_mod.lock_path_for(storage, sw)):
+                    reclaimed.extend(sweep_mod.reclaim_interrupted(other, sweep_mod.trial_locks_dir(storage, sw)))
+
+    monkeypatch.setattr(sweep_mod, "run_lock", ReclaimAfterRelease)
+    rep = run_sweep(sw, executor="debug", job=SmokeJob(step_seconds=0.0))
+    trials = open_study(sw, rep.storage).get_trials()
+    assert reclaimed == [] and [t.state for t in trials] == [TrialState.COMPLETE] * 3
+
+
+def test_a_failed_worker_is_reported_by_its_exception_not_its_log_path(tmp_path):
+    import submitit
+
+    from senseflow.sweep import failure_line
+
+    job = submitit.LocalExecutor(folder=tmp_path / "%j").submit(int, "x")  # raises in the job's process
+    with pytest.raises(Exception) as e:
+        job.result()
+    assert "_log.out" in str(e.value).splitlines()[-1]
+    assert failure_line(e.value) == "ValueError: invalid literal for int() with base 10: 'x'"
+    assert failure_line(RuntimeError("one\ntwo")) == "two" and failure_line(RuntimeError()) == "RuntimeError"
+
+
 def test_multi_objective_pareto_front(tmp_path, capsys):
     doc = sweep_doc(tmp_path, trials=3, objectives=[{"metric": "fid_t", "direction": "minimize"},
                                                      {"metric": "prompt_accuracy", "direction": "maximize"}])
