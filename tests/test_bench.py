@@ -149,7 +149,41 @@ ON_GPU = [(["bench", "step", "--device", "cuda"], "benchmark 'step' runs on the 
           (["bench", "iteration", "--device", "cuda", "--world", "digits"], "--world digits runs on the CPU only")]
 
 
+def test_main_job_split_adds_up(tmp_path):
+    """The main-job benchmark's arithmetic on a finished job's files (the job itself takes 18 minutes)."""
+    import json
+
+    from senseflow.bench.main_job import split
+    from senseflow.bench.report import markdown
+
+    (tmp_path / "results").mkdir()
+    steps = [("install", 100), ("world build", 300), ("reference rows", 8), ("grid", 600), ("table", 4),
+             ("plots", 4), ("report", 4)]
+    (tmp_path / "results" / "main-job.json").write_text(json.dumps(
+        {"grid": "digits-ablation", "seconds": 1020, "steps": [{"step": k, "seconds": v} for k, v in steps]}))
+    for i, (method, state) in enumerate([("senseflow", "completed"), ("dmd2", "completed"),
+                                         ("reference", "completed"), ("dmd2", "failed")]):
+        d = tmp_path / "results" / "runs" / "digits-ablation" / f"r{i}"
+        d.mkdir(parents=True)
+        (d / "status.json").write_text(json.dumps({"run_id": f"r{i}", "method": method, "state": state, "started": 5.0,
+                                                   "finished": 650.0, "train_seconds": 500.0, "eval_seconds": 100.0}))
+        (d / "job.json").write_text(json.dumps({"started": 0.0}))
+    r = split(tmp_path)
+    assert r["runs"] == 2 and r["grid_sums"] == {"training": 1000.0, "evaluation": 200.0,
+                                                 "start-up and bookkeeping": 100.0}
+    w = r["wall_split"]
+    assert w["world build"] == 300 and w["training"] == pytest.approx(600 * 1000 / 1300, abs=0.1)
+    assert sum(w.values()) == pytest.approx(1020, abs=0.2) and w["bookkeeping"] == pytest.approx(
+        100 + 8 + 12 + 600 * 100 / 1300, abs=0.2)
+    (tmp_path / "main-job.json").write_text(json.dumps(
+        {"benchmark": "main-job", "date": "d", "machine": {"cpu": "c", "cores": 2, "torch": "t", "cuda": None},
+         "threads": 1, "commit": "abc", "load_average_before": [1.0], "load_average_after": [2.0],
+         "settings": {}, "rows": [{"commit": "abc", **r}]}))
+    assert "| abc | 1020 | 300 | 462 | 92 | 166 |" in markdown(tmp_path)
+
+
 @pytest.mark.parametrize("args, words", [(["bench", "nope"], "benchmark 'nope'"),
+                                         (["bench", "main-job", "--quick"], "has no --quick form"),
                                          (["bench", "iteration", "--world", "mars"], "--world 'mars'"),
                                          (["bench", "iteration", "--method", "gan"], "--method 'gan'"),
                                          (["bench", "iteration", "--device", "tpu"], "--device 'tpu'"),

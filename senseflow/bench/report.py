@@ -88,7 +88,22 @@ def _harness(d: dict) -> list[str]:
     return out
 
 
-TABLES = {"iteration": _iteration, "sampling": _sampling, "metrics": _metrics, "step": _step, "scaling": _scaling, "harness": _harness}
+def _main_job(d: dict) -> list[str]:
+    out = ["| main job (commit) | wall (s) | world build | training | evaluation | bookkeeping | steps (s) | "
+           "grid runs: training / evaluation / start-up and bookkeeping, summed (s) |",
+           "|---|---:|---:|---:|---:|---:|---|---|"]
+    for r in d["rows"]:
+        w = r["wall_split"]
+        steps = ", ".join(f"{k} {v:.0f}" for k, v in r["steps"].items())
+        g = r["grid_sums"]
+        out.append(f"| {r['commit']} | {r['seconds']:.0f} | {w['world build']:.0f} | {w['training']:.0f} | "
+                   f"{w['evaluation']:.0f} | {w['bookkeeping']:.0f} | {steps} | {r['runs']} runs: {g['training']:.0f} / "
+                   f"{g['evaluation']:.0f} / {g['start-up and bookkeeping']:.0f} |")
+    return out
+
+
+TABLES = {"iteration": _iteration, "sampling": _sampling, "metrics": _metrics, "step": _step, "scaling": _scaling,
+          "harness": _harness, "main-job": _main_job}
 
 
 def markdown(folder: Path) -> str:

@@ -158,10 +158,18 @@ def bench_metrics(s: Settings, log) -> list[dict]:
     return time_metrics(batch=8 if not s.quick else 2, repeats=1 if s.quick else s.repeats, log=log)
 
 
+def bench_main_job(s: Settings, log) -> list[dict]:
+    """The main job in a fresh clone, its wall time split (about 18 minutes; only when named)."""
+    from senseflow.bench.main_job import measure
+
+    return [measure(log=log)]
+
+
 BENCHMARKS: dict[str, Callable[[Settings, Callable[[str], None]], list[dict]]] = {
     "iteration": bench_iteration, "sampling": bench_sampling, "metrics": bench_metrics, "step": bench_step,
-    "scaling": bench_scaling, "harness": bench_harness,
+    "scaling": bench_scaling, "harness": bench_harness, "main-job": bench_main_job,
 }
+ON_REQUEST = ("main-job",)  # run only when named: it is the whole main job
 
 
 def file_name(name: str, device: str) -> str:
@@ -170,12 +178,16 @@ def file_name(name: str, device: str) -> str:
 
 
 def run(names: list[str], s: Settings, out_dir: Path, log: Callable[[str], None] = print) -> list[Path]:
-    """Run each named benchmark (all when `names` is empty; on a GPU, those of GPU_BENCHMARKS) and write
-    out_dir/<name>.json (<name>-cuda.json on a GPU); returns the paths."""
-    names = list(names) or list(GPU_BENCHMARKS if s.device == "cuda" else BENCHMARKS)
+    """Run each named benchmark (when `names` is empty: all but ON_REQUEST, on a GPU those of GPU_BENCHMARKS)
+    and write out_dir/<name>.json (<name>-cuda.json on a GPU); returns the paths."""
+    names = list(names) or list(GPU_BENCHMARKS if s.device == "cuda" else
+                                [n for n in BENCHMARKS if n not in ON_REQUEST])
     for n in names:
         if n not in BENCHMARKS:
-            raise UserError(f"benchmark {n!r} does not exist; use one of {', '.join(BENCHMARKS)} (or none: all)")
+            raise UserError(f"benchmark {n!r} does not exist; use one of {', '.join(BENCHMARKS)} (or none: all but "
+                            f"{', '.join(ON_REQUEST)})")
+        if n in ON_REQUEST and s.quick:
+            raise UserError(f"benchmark {n!r} has no --quick form (it runs the real main job); leave --quick out")
     _check(s, names)
     if s.allocator not in ("keep-freed", "default"):
         raise UserError(f"--allocator {s.allocator!r} is not a setting; use keep-freed (as training) or default")

@@ -11,7 +11,7 @@ app = typer.Typer()
 
 
 @app.command("bench")
-def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | metrics | step | scaling | harness (default: all)"),
+def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | metrics | step | scaling | harness | main-job (default: all but main-job)"),
           world: list[str] = typer.Option(None, "--world", help="digits | sd3 | flux (repeatable; default all)"),
           method: list[str] = typer.Option(None, "--method", help="senseflow | dmd2 (repeatable; default both)"),
           threads: int = typer.Option(1, "--threads", min=1, help="torch threads"),
@@ -37,7 +37,8 @@ def bench(names: list[str] = typer.Argument(None, help="iteration | sampling | m
     """Time the project against what it cannot avoid: iteration efficiency and the paper's additions
     (iteration), the 4-step student against the 50-step guided teacher (sampling), metric throughput (metrics),
     Distiller.step on the digits world (step: digits-senseflow, digits-dmd2, and digits-senseflow without D),
-    time and memory against batch and image size (scaling), a local grid against separate processes (harness)."""
+    time and memory against batch and image size (scaling), a local grid against separate processes (harness),
+    and, only when named, the main job in a fresh clone with its wall time split (main-job, about 18 minutes)."""
     from senseflow.bench.suite import GPU_MID_BATCH, GPU_MID_RESOLUTION, Settings, run
 
     if table:
