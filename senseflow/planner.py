@@ -8,9 +8,10 @@ then traced on them:
 * memory by `LiveBytes`, which follows every storage the iteration creates until it is freed and reports
   each component's peak, once with gradient checkpointing of G and F and once without; under bf16 autocast
   with CUDA autocast's fp32 functions (`_cuda_autocast_policy`), as the GPU run would hold them;
-* FLOPs by component, in a pass of their own (`measure_iteration`), counted by torch's FlopCounterMode
-  (matmuls, convolutions and attention, forward and backward; the CPU's fused attention counted as the
-  CUDA kernels are: `flop_counter`).
+* FLOPs by component, in the same pass (`measure_iteration`), by torch's FLOP formulas applied to each op
+  as dispatched (matmuls, convolutions and attention, forward and backward; the CPU's fused attention
+  counted as the CUDA kernels are: `flop_counter`); equal to torch's FlopCounterMode's count of the same
+  iteration, which is not used for the trace because it decomposes operators and so changes the memory.
 
 Data-dependent reads (`float(loss)` for logging, the omega > 0 test) have no value under fake tensors;
 they read 1.0 here (`_ScalarReads`), so every branch that costs compute is taken.
@@ -79,13 +80,19 @@ class LiveBytes(TorchDispatchMode):
     only storages the op itself created are followed, so tensors made before the mode was entered
     (parameters, buffers, optimizer states) are never counted, however often they are viewed. Works on
     fake tensors (their storages have sizes but no memory) as on real ones. `peak` can be reset to the
-    current level between phases."""
+    current level between phases.
 
-    def __init__(self):
+    count_flops=True also adds up `flops`: torch's FLOP formulas (`flop_counter`'s, attention on the CPU
+    included) applied to each op as it is dispatched. Unlike FlopCounterMode this decomposes nothing, so the
+    memory is the same with or without counting, and one pass gives both."""
+
+    def __init__(self, count_flops: bool = False):
         super().__init__()
         self.live = 0
         self.peak = 0
+        self.flops = 0
         self._refs: dict[int, weakref.ref] = {}
+        self._formulas = flop_counter().flop_registry if count_flops else None
 
     def reset_peak(self) -> None:
         self.peak = self.live
@@ -112,6 +119,10 @@ class LiveBytes(TorchDispatchMode):
         for t in tree_leaves(out):
             if isinstance(t, torch.Tensor) and t.untyped_storage()._cdata not in inputs:
                 self._follow(t)
+        if self._formulas is not None:
+            formula = self._formulas.get(func._overloadpacket)
+            if formula is not None:
+                self.flops += int(formula(*args, **(kwargs or {}), out_val=out))
         return out
 
 
@@ -191,6 +202,32 @@ def materialize(module: nn.Module, device: str = "cpu") -> nn.Module:
             if b is not None and b.device.type == "meta":
                 sub._buffers[name] = torch.empty(b.shape, dtype=b.dtype, device=device)
     return module
+
+
+@contextlib.contextmanager
+def _no_power_iterations_on_meta():
+    """`spectral_norm` runs 15 power iterations when it is applied, to start u and v near the top singular
+    vectors. On the meta device (where the planner builds every network) they compute nothing, slowly:
+    meta tensors run them through Python reference kernels, seconds per discriminator. While this is active
+    they are skipped on meta tensors only; u and v keep their shapes, and the power iteration of each
+    training step (which the traces follow) is untouched."""
+    from torch.nn.utils import parametrizations
+
+    cls = getattr(parametrizations, "_SpectralNorm", None)
+    original = getattr(cls, "_power_method", None)
+    if original is None:  # another torch: the builds are just slower
+        yield
+        return
+
+    def power_method(self, weight_mat, n_power_iterations):
+        if weight_mat.device.type != "meta":
+            original(self, weight_mat, n_power_iterations)
+
+    cls._power_method = power_method
+    try:
+        yield
+    finally:
+        cls._power_method = original
 
 
 def _real_mode(fake: bool):
@@ -280,7 +317,7 @@ def build_distiller(cfg: RunConfig, parts: RunParts, *, fake: bool, checkpointin
         factory = make_discriminator_factory(cfg, dino, pooled, cfg.model.resolution, (lat, lat), text_encoder=clip)
 
         def make_d(fake_score):
-            with _real_mode(fake), torch.device(where):
+            with _real_mode(fake), torch.device(where), _no_power_iterations_on_meta():
                 d = factory(fake_score)
             return ready(d)
 
@@ -370,8 +407,21 @@ def _flops_of(parts) -> dict[str, int]:
 
 
 def count_flops(distiller, batch, k: int, backsim: bool, gen_step: bool, iteration: int = 0) -> dict[str, int]:
-    """FLOPs of each component of one iteration (real or fake tensors alike)."""
+    """FLOPs of each component of one iteration (real or fake tensors alike), counted by torch's own
+    FlopCounterMode: the direct count the trace's (`measure_iteration`) is checked against."""
     return _flops_of(iteration_parts(distiller, batch, k, backsim, gen_step, iteration))
+
+
+def _traced_flops(cfg: RunConfig, parts) -> dict[str, int]:
+    """FLOPs of each named part by LiveBytes' count (no memory kept), under the run's autocast."""
+    flops: dict[str, int] = {}
+    tracker = LiveBytes(count_flops=True)
+    with tracker, _autocast(cfg):
+        for name, fn in parts:
+            before = tracker.flops
+            fn()
+            flops[name] = flops.get(name, 0) + tracker.flops - before
+    return flops
 
 
 # functions CUDA autocast runs in fp32 whatever their inputs, which CPU autocast leaves in the input's dtype:
@@ -455,39 +505,117 @@ def _grad_bytes(distiller) -> dict[str, int]:
             "discriminator step": size(d.trainable_parameters()) if d is not None else 0}
 
 
-def trace(cfg: RunConfig, parts: RunParts, *, batch_size: int | None = None) -> dict[bool, Trace]:
+def trace(cfg: RunConfig, parts: RunParts, *, batch_size: int | None = None, parallel: bool = True
+          ) -> dict[bool, Trace]:
     """Build the run under FakeTensorMode and trace one generator iteration at the last anchor with backward
-    simulation (the costliest), with gradient checkpointing of G and F on (memory and FLOPs) and off
-    (memory); FLOPs of ISG from one more generator step with ISG off. Returns {checkpointing: Trace}."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
+    simulation (the costliest), with gradient checkpointing of G and F on (memory and FLOPs, one pass) and
+    off (memory); FLOPs of ISG from one more generator step with ISG off. Returns {checkpointing: Trace}.
+
+    parallel=True (2+ cores): the half without checkpointing (and the ISG-off step) runs in a second, spawned
+    process, which builds the networks again, while this one traces the half with; the answer comes in
+    about half the time. Otherwise the halves run one after the other on one build."""
+    import os
 
     b = batch_size or cfg.train.batch_size
-    out: dict[bool, Trace] = {}
+    if parallel and (os.cpu_count() or 1) >= 2:
+        static, grads, K, on, off = _in_two_processes(cfg, parts, b)
+    else:
+        with _fake_mode():
+            distiller, batch = _build_for_trace(cfg, parts, b)
+            static, grads, K = _sizes_of(distiller)
+            on, off = _half(cfg, distiller, batch, True), _half(cfg, distiller, batch, False)
+    mean = mean_iteration_flops(cfg, on["flops"], off["isg_off"], K)
+    return {True: Trace(mean, int(sum(on["flops"].values())), static, on["peaks"], grads),
+            False: Trace({}, 0, static, off["peaks"], grads)}  # FLOPs are not counted without checkpointing
+
+
+@contextlib.contextmanager
+def _fake_mode():
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
     with FakeTensorMode(allow_non_fake_inputs=True), _ScalarReads():
-        distiller, text = build_distiller(cfg, parts, fake=True, checkpointing=False)
-        batch = make_batch(cfg, distiller, text, b)
-        warm_optimizers(distiller)
-        opts = [o for o in (distiller.opt_g, distiller.opt_f, distiller.opt_d) if o is not None]
-        static = _static_bytes(distiller, opts)
-        grads = _grad_bytes(distiller)
-        K = distiller.few_step.num_steps
-        isg_off = None
-        for ck in (True, False):
-            set_checkpointing(distiller, ck)
-            peaks, flops = measure_iteration(cfg, distiller, batch, K - 1, True, flops=ck)
-            if ck:
-                if cfg.isg.enabled and cfg.isg.weight > 0:
-                    distiller.cfg = cfg.model_copy(update={"isg": cfg.isg.model_copy(update={"enabled": False})})
-                    try:
-                        with _autocast(cfg):
-                            isg_off = _flops_of(iteration_parts(distiller, batch, K - 1, True, True)[:3])
-                    finally:
-                        distiller.cfg = cfg
-                mean = mean_iteration_flops(cfg, flops, isg_off, K)
-                total = int(sum(flops.values()))
-            out[ck] = Trace(mean, total, static, peaks, grads)
-    out[False].flops, out[False].flops_iteration = {}, 0  # not counted without checkpointing
-    return out
+        yield
+
+
+def _build_for_trace(cfg: RunConfig, parts: RunParts, b: int):
+    distiller, text = build_distiller(cfg, parts, fake=True, checkpointing=False)
+    batch = make_batch(cfg, distiller, text, b)
+    warm_optimizers(distiller)
+    return distiller, batch
+
+
+def _sizes_of(distiller) -> tuple[int, dict[str, int], int]:
+    opts = [o for o in (distiller.opt_g, distiller.opt_f, distiller.opt_d) if o is not None]
+    return _static_bytes(distiller, opts), _grad_bytes(distiller), distiller.few_step.num_steps
+
+
+def _half(cfg: RunConfig, distiller, batch, checkpointing: bool) -> dict:
+    """One half of a trace: with checkpointing, the peaks and FLOPs of one iteration; without, the peaks and
+    the FLOPs of the first three components with ISG off (counted with checkpointing, as the other half)."""
+    K = distiller.few_step.num_steps
+    set_checkpointing(distiller, checkpointing)
+    if checkpointing:
+        peaks, flops = measure_iteration(cfg, distiller, batch, K - 1, True, flops=True)
+        return {"peaks": peaks, "flops": flops}
+    peaks, _ = measure_iteration(cfg, distiller, batch, K - 1, True, flops=False)
+    isg_off = None
+    if cfg.isg.enabled and cfg.isg.weight > 0:
+        distiller.cfg = cfg.model_copy(update={"isg": cfg.isg.model_copy(update={"enabled": False})})
+        try:
+            set_checkpointing(distiller, True)
+            isg_off = _traced_flops(cfg, iteration_parts(distiller, batch, K - 1, True, True)[:3])
+        finally:
+            distiller.cfg = cfg
+    return {"peaks": peaks, "isg_off": isg_off}
+
+
+def _in_two_processes(cfg: RunConfig, parts: RunParts, b: int):
+    """The half without checkpointing in a spawned process (a fresh interpreter: a process that has run
+    autograd cannot fork one that runs it), the half with it here; an exception there is raised here, and
+    an exception (or Ctrl-C) here stops the other process."""
+    from multiprocessing import get_context
+
+    ctx = get_context("spawn")
+    here, there = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_half_to_pipe, args=(there, cfg, parts, b), daemon=True)
+    proc.start()
+    there.close()
+    try:
+        static, grads, K, on = _built_half(cfg, parts, b, True)
+        try:
+            kind, value = here.recv()
+        except EOFError:
+            proc.join()
+            raise RuntimeError(f"the planner's second process ended without an answer (exit code {proc.exitcode}); "
+                               f"trace(..., parallel=False) runs both halves here") from None
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        proc.join()
+        here.close()
+    if kind == "error":
+        raise value
+    return static, grads, K, on, value[3]
+
+
+def _half_to_pipe(conn, cfg: RunConfig, parts: RunParts, b: int) -> None:
+    try:
+        result = ("ok", _built_half(cfg, parts, b, False))
+    except Exception as e:  # noqa: BLE001 - sent back to the planner, which raises it
+        result = ("error", e)
+    try:
+        conn.send(result)
+    except Exception as e:  # noqa: BLE001 - an exception that does not pickle goes back as text
+        conn.send(("error", RuntimeError(f"{type(result[1]).__name__}: {result[1]} ({e})")))
+    conn.close()
+
+
+def _built_half(cfg: RunConfig, parts: RunParts, b: int, checkpointing: bool):
+    """Build, then trace one half (`trace`'s unit of work in each process): (static, grads, K, half)."""
+    with _fake_mode():
+        distiller, batch = _build_for_trace(cfg, parts, b)
+        return (*_sizes_of(distiller), _half(cfg, distiller, batch, checkpointing))
 
 
 def set_checkpointing(distiller, on: bool) -> None:
@@ -524,24 +652,22 @@ def mean_iteration_flops(cfg: RunConfig, flops: dict[str, int], isg_off: dict[st
 def measure_iteration(cfg: RunConfig, distiller, batch, k: int, backsim: bool, flops: bool = True
                       ) -> tuple[dict[str, int], dict[str, int]]:
     """Run one generator iteration at anchor k; per component, the peak of the bytes it creates on top of
-    what was there (LiveBytes) and, when asked, its FLOPs from one more iteration under `flop_counter`. The
-    two are never measured together: the FLOP counter decomposes every operator it has no formula for
-    (group and layer norms among them) into smaller ones, whose intermediate tensors a real run never makes
-    (a narrow SD3.5 generator step traced 13% higher under it). Fake or real tensors alike."""
+    what was there and, when asked, its FLOPs, both from the same pass (LiveBytes with count_flops). torch's
+    FlopCounterMode is not used here: it decomposes every operator it has no formula for (group and layer
+    norms among them) into smaller ones, whose intermediate tensors a real run never makes (a narrow SD3.5
+    generator step traced 13% higher under it), so it would need a pass of its own. Fake or real tensors
+    alike."""
     peaks: dict[str, int] = {}
     counts: dict[str, int] = {}
-    tracker = LiveBytes()
-    parts = iteration_parts(distiller, batch, k, backsim, True)
+    tracker = LiveBytes(count_flops=flops)
     with tracker, _autocast(cfg, distiller.device.type):
-        for name, fn in parts:
+        for name, fn in iteration_parts(distiller, batch, k, backsim, True):
             tracker.reset_peak()
+            before = tracker.flops
             fn()
             peaks[name] = tracker.peak
-    del parts
-    if flops:
-        with _autocast(cfg, distiller.device.type):
-            counts = _flops_of(iteration_parts(distiller, batch, k, backsim, True))
-    return peaks, counts
+            counts[name] = counts.get(name, 0) + tracker.flops - before
+    return peaks, (counts if flops else {})
 
 
 def _static_bytes(distiller, opts) -> int:
@@ -662,7 +788,9 @@ def _disc_head_params(cfg: RunConfig, parts: RunParts) -> int:
         else:
             fake = None
         clip = _disc_text_tower(cfg, published.build)
-        d = make_discriminator_factory(cfg, dino, pooled, cfg.model.resolution, (lat, lat), text_encoder=clip)(fake)
+        with _no_power_iterations_on_meta():
+            d = make_discriminator_factory(cfg, dino, pooled, cfg.model.resolution, (lat, lat),
+                                           text_encoder=clip)(fake)
         return sum(p.numel() for p in d.trainable_parameters())
 
 
@@ -766,28 +894,53 @@ def _trace_key(cfg: RunConfig, parts: RunParts) -> str:
     return h.hexdigest()[:16]
 
 
-def cached_trace(cfg: RunConfig, parts: RunParts, cache_dir=None) -> dict[bool, Trace]:
-    """`trace`, kept as JSON under <cache>/plan/ keyed by everything it depends on (`_trace_key`): a trace of
-    a full-size model takes minutes on a small CPU, a cached one is read at once."""
-    import json
+def _cache_path(cfg: RunConfig, parts: RunParts, what: str, cache_dir=None):
     import os
-    from dataclasses import asdict
     from pathlib import Path
 
     root = Path(cache_dir or os.environ.get("SENSEFLOW_CACHE") or "~/.cache/senseflow").expanduser() / "plan"
-    path = root / f"{_trace_key(cfg, parts)}.json"
+    return root / f"{_trace_key(cfg, parts)}{what}.json"
+
+
+def _cached(path, compute, encode, decode):
+    """decode(JSON of path) if it reads, else compute(), written there as encode(result) first."""
+    import json
+    import os
+
     if path.is_file():
         try:
-            raw = json.loads(path.read_text())
-            return {k == "True": Trace(**v) for k, v in raw.items()}
-        except (ValueError, TypeError):
-            pass  # a damaged cache file is traced again
-    traces = trace(cfg, parts)
-    root.mkdir(parents=True, exist_ok=True)
+            return decode(json.loads(path.read_text()))
+        except (ValueError, TypeError, KeyError, AttributeError):
+            pass  # a damaged or older cache file is computed again
+    value = compute()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({str(k): asdict(v) for k, v in traces.items()}))
+    tmp.write_text(json.dumps(encode(value)))
     tmp.replace(path)
-    return traces
+    return value
+
+
+def cached_trace(cfg: RunConfig, parts: RunParts, cache_dir=None) -> dict[bool, Trace]:
+    """`trace`, kept as JSON under <cache>/plan/ keyed by everything it depends on (`_trace_key`): a trace of
+    a full-size model takes a minute or more on a small CPU, a cached one is read at once."""
+    from dataclasses import asdict
+
+    return _cached(_cache_path(cfg, parts, "", cache_dir), lambda: trace(cfg, parts),
+                   lambda traces: {str(k): asdict(v) for k, v in traces.items()},
+                   lambda raw: {k == "True": Trace(**v) for k, v in raw.items()})
+
+
+def cached_network_sizes(cfg: RunConfig, parts: RunParts, cache_dir=None) -> tuple[list[NetworkSize], int]:
+    """`network_sizes`, cached beside the trace (building the networks on the meta device again, the VFM heads'
+    spectral norms included, takes seconds)."""
+    def encode(value):
+        nets, unit = value
+        return {"unit": unit, "networks": [{**n.__dict__, "dtype": str(n.dtype).removeprefix("torch.")} for n in nets]}
+
+    def decode(raw):
+        return ([NetworkSize(**{**n, "dtype": DTYPES[n["dtype"]]}) for n in raw["networks"]], int(raw["unit"]))
+
+    return _cached(_cache_path(cfg, parts, ".networks", cache_dir), lambda: network_sizes(cfg, parts), encode, decode)
 
 
 def plan(cfg: RunConfig, *, gpus: int = 8, gpu_mem_gib: float = 80.0, nodes: int = 1, mfu: float = DEFAULT_MFU,
@@ -802,7 +955,7 @@ def plan(cfg: RunConfig, *, gpus: int = 8, gpu_mem_gib: float = 80.0, nodes: int
         raise PlanError(f"train.shard_group={cfg.train.shard_group} does not divide --gpus {gpus}; use a divisor of "
                         f"{gpus} (e.g. the GPUs per node, {gpus // nodes}) or 0 for all")
     parts = run_parts(cfg)
-    nets, unit = network_sizes(cfg, parts)
+    nets, unit = cached_network_sizes(cfg, parts)
     traces = traces or cached_trace(cfg, parts)
     ck = cfg.train.gradient_checkpointing
     eight = cfg.optim.eight_bit

@@ -160,6 +160,63 @@ def test_trace_of_narrow_model_separates_isg_and_checkpointing(tmp_path):
     assert no_isg[True].flops["generator step"] == pytest.approx(on.flops["generator step"], rel=1e-9)
 
 
+def test_traces_and_network_sizes_are_cached_and_read_back_equal(tmp_path, monkeypatch):
+    cfg = _narrow_cfg()
+    parts = planner.run_parts(cfg, text_tokens=16)
+    parts.overrides = dict(NARROW)
+    calls = []
+    for name in ("trace", "network_sizes"):
+        real = getattr(planner, name)
+        monkeypatch.setattr(planner, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    first = planner.cached_trace(cfg, parts, tmp_path), planner.cached_network_sizes(cfg, parts, tmp_path)
+    second = planner.cached_trace(cfg, parts, tmp_path), planner.cached_network_sizes(cfg, parts, tmp_path)
+    assert calls == ["trace", "network_sizes"] and first == second
+    assert any(n.dtype == torch.float32 and n.trainable for n in second[1][0])
+    for f in (tmp_path / "plan").glob("*.json"):  # a damaged file is computed again
+        f.write_text("{")
+    assert planner.cached_network_sizes(cfg, parts, tmp_path) == first[1] and calls[-1] == "network_sizes"
+
+
+def test_the_trace_in_two_processes_equals_the_one_in_one():
+    """The two halves of a trace (checkpointing on; off with the ISG-off step) run in two processes, each on
+    its own build: same FLOPs, same static bytes, and peaks within a few KiB (the second half no longer starts
+    from the state the first one left)."""
+    cfg = _narrow_cfg()
+    parts = planner.run_parts(cfg, text_tokens=16)
+    parts.overrides = dict(NARROW)
+    forked, one = planner.trace(cfg, parts, parallel=True), planner.trace(cfg, parts, parallel=False)
+    assert (os.cpu_count() or 1) >= 2, "one core: trace(parallel=True) ran in one process"
+    for ck in (True, False):
+        assert forked[ck].flops == one[ck].flops and forked[ck].flops_iteration == one[ck].flops_iteration
+        assert forked[ck].static_bytes == one[ck].static_bytes and forked[ck].grads == one[ck].grads
+        assert forked[ck].peak_new.keys() == one[ck].peak_new.keys()
+        assert all(abs(forked[ck].peak_new[k] - v) <= 64 * 2 ** 10 for k, v in one[ck].peak_new.items())
+    assert forked[True].flops["ISG"] > 0
+
+
+def test_the_second_process_sends_its_error_back(monkeypatch):
+    """The half traced in the second process sends an exception back (re-raised by the planner) instead of
+    dying; one that does not pickle goes back as its text."""
+    import multiprocessing
+
+    from torch.utils.checkpoint import CheckpointError
+
+    class Unpicklable(RuntimeError):
+        def __reduce__(self):
+            raise TypeError("no")
+
+    for exc, sent in [(CheckpointError("recomputed tensor metadata differs"), CheckpointError),
+                      (Unpicklable("lost"), RuntimeError)]:
+        def fail(*a, _e=exc):
+            raise _e
+
+        monkeypatch.setattr(planner, "_built_half", fail)
+        here, there = multiprocessing.Pipe(duplex=False)
+        planner._half_to_pipe(there, None, None, 1)
+        kind, value = here.recv()
+        assert kind == "error" and type(value) is sent and str(exc) in str(value)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
 def test_gpu_smoke_script_refuses_without_a_gpu():
     env = {**os.environ, "PYTHON": sys.executable}
@@ -239,7 +296,8 @@ def test_a_cpu_trace_runs_the_ops_cuda_autocast_keeps_in_fp32_in_fp32():
 def test_memory_is_traced_without_the_flop_counter():
     """torch's FLOP counter decomposes the operators it has no formula for (group and layer norms) into
     smaller ones whose intermediates a real run never holds: memory traced under it came out higher. The
-    planner measures memory and FLOPs in separate passes, so the peaks do not depend on counting FLOPs."""
+    planner counts FLOPs in its own memory pass without decomposing anything, so the peaks do not depend on
+    counting FLOPs, and the count equals FlopCounterMode's, component by component."""
     from torch._subclasses.fake_tensor import FakeTensorMode
 
     cfg = C.resolve("sd35-medium-senseflow", ["model.resolution=64", "model.dtype=bfloat16",
@@ -254,7 +312,9 @@ def test_memory_is_traced_without_the_flop_counter():
         planner.warm_optimizers(d)
         with_flops, flops = planner.measure_iteration(cfg, d, batch, 3, True, flops=True)
         alone, none = planner.measure_iteration(cfg, d, batch, 3, True, flops=False)
-    assert sum(flops.values()) > 0 and none == {}
+        with planner._autocast(cfg):
+            direct = planner.count_flops(d, batch, 3, True, True)
+    assert sum(flops.values()) > 0 and none == {} and flops == direct
     # a later iteration differs by a few KiB (state the first one left); under the counter it was 13% more
     assert with_flops.keys() == alone.keys()
     assert all(with_flops[k] == pytest.approx(alone[k], rel=0.01) for k in alone), (with_flops, alone)
