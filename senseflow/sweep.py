@@ -42,7 +42,7 @@ ending .db/.sqlite (SQLite), .journal/.log (journal) or a database URL.
 
 Workers (`--workers N`): N processes (local) or SLURM jobs, each asking the shared study for trials
 until the study holds `trials` trials. Asking is serialised by a lock file next to the storage, so
-the count is exact. A worker holds its trial's lock (results/sweeps/<name>.trials/<number>.lock) from
+the count is exact. A worker holds its trial's lock (<storage>.trials/<number>.lock) from
 the ask to the tell, so a worker killed mid-trial leaves a RUNNING trial with a free lock: the next
 worker to start marks it FAIL and enqueues the same parameters again, which resumes the same run from
 its last checkpoint. (The run's own lock, grid.run_lock, is freed before the tell, so it cannot tell a

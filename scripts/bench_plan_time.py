@@ -1,0 +1,69 @@
+"""Time to answer: `senseflow plan PRESET` for every paper preset on this machine, first (empty trace cache)
+and again (cached), each in a fresh process; wall and CPU seconds, and the plan's memory per GPU beside the
+one in results/bench/plans-2026-11-27/ (the README's table) to show the faster trace gives the same answer.
+
+    python scripts/bench_plan_time.py [PRESET ...]     -> results/bench/plan-time.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = ["sd35-large-senseflow", "sd35-large-dmd2", "sd35-medium-senseflow", "sd35-medium-dmd2",
+           "flux-dev-senseflow", "flux-dev-dmd2", "sdxl-senseflow", "sdxl-dmd2"]
+REFERENCE = REPO / "results" / "bench" / "plans-2026-11-27"
+
+
+def timed_plan(preset: str, cache: Path) -> dict:
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "senseflow", "plan", preset, "--json", "--no-files"],
+                         capture_output=True, text=True, env={**os.environ, "SENSEFLOW_CACHE": str(cache)})
+    wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if out.returncode != 0:
+        raise RuntimeError(f"senseflow plan {preset} exited with {out.returncode}: {out.stderr[-2000:]}")
+    plan = json.loads(out.stdout)
+    return {"wall_seconds": round(wall, 1),
+            "cpu_seconds": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
+            "memory_gib": round(plan["layouts"][0]["total_gib"], 3), "fits": plan["fits"],
+            "tflop_per_iteration": round(sum(plan["flops"].values()) / 1e12, 2)}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("presets", nargs="*", default=PRESETS)
+    ap.add_argument("--out", default=str(REPO / "results" / "bench" / "plan-time.json"))
+    args = ap.parse_args()
+    sys.path.insert(0, str(REPO))
+    from senseflow.bench import record
+
+    rows = []
+    head = record.header("plan-time", 0, {"presets": args.presets, "cores": os.cpu_count()})
+    for preset in args.presets:
+        with tempfile.TemporaryDirectory(prefix="senseflow-plan-cache-") as cache:
+            first = timed_plan(preset, Path(cache))
+            again = timed_plan(preset, Path(cache))
+        ref_path = REFERENCE / f"{preset}.json"
+        ref = json.loads(ref_path.read_text()) if ref_path.is_file() else None
+        row = {"preset": preset, "first": first, "cached": again,
+               "reference_memory_gib": round(ref["layouts"][0]["total_gib"], 3) if ref else None,
+               "reference_tflop_per_iteration": round(sum(ref["flops"].values()) / 1e12, 2) if ref else None}
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    path = record.write(Path(args.out), {**head, "rows": rows})
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
