@@ -540,6 +540,11 @@ def _format_validation(err: ValidationError, data: dict[str, Any]) -> str:
 _YAML11_BOOL_WORDS = {"yes", "no", "on", "off", "y", "n"}
 
 
+def _yaml_problem(e: Exception) -> str:
+    """A YAML error's problem on one line (a reader error has no `problem` and spans two lines)."""
+    return getattr(e, "problem", None) or " ".join(str(e).split())
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """'isg.weight=0.5' -> (['isg', 'weight'], 0.5). Values are parsed as YAML scalars/lists."""
     if "=" not in text:
@@ -555,7 +560,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     except ConfigError as e:
         raise ConfigError(f"override {key}={raw!r}: {e}") from None
     except yaml.YAMLError as e:
-        raise ConfigError(f"override {key}={raw!r}: the value is not valid YAML ({getattr(e, 'problem', e)})") from None
+        raise ConfigError(f"override {key}={raw!r}: the value is not valid YAML ({_yaml_problem(e)})") from None
     except RecursionError:
         raise ConfigError(f"override {key}=...: the value is nested too deeply") from None
     return key.split("."), value
@@ -644,7 +649,7 @@ def load_yaml(path: str | Path, *, what: str = "config file") -> dict[str, Any]:
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise ConfigError(f"{what} '{p}' is not valid YAML{where}: {getattr(e, 'problem', e)}") from None
+        raise ConfigError(f"{what} '{p}' is not valid YAML{where}: {_yaml_problem(e)}") from None
     except RecursionError:
         raise ConfigError(f"{what} '{p}' is nested too deeply to read; flatten it") from None
     if data is None:

@@ -13,6 +13,9 @@ then traced on them:
   counted as the CUDA kernels are: `flop_counter`); equal to torch's FlopCounterMode's count of the same
   iteration, which is not used for the trace because it decomposes operators and so changes the memory.
 
+The two halves (checkpointing on; off, with the ISG-off step) run in two processes where there are two
+cores (`trace`), and a trace is cached by everything it depends on (`cached_trace`).
+
 Data-dependent reads (`float(loss)` for logging, the omega > 0 test) have no value under fake tensors;
 they read 1.0 here (`_ScalarReads`), so every branch that costs compute is taken.
 
@@ -884,6 +887,9 @@ def _trace_key(cfg: RunConfig, parts: RunParts) -> str:
     d = cfg.to_dict()
     keep = {k: d[k] for k in ("method", "model", "generator", "dmd", "fake_score", "ida", "isg", "gan")}
     keep["train"] = {k: d["train"][k] for k in ("batch_size", "mixed_precision", "trainable_dtype")}
+    # the optimizer (its states are in the trace; optim.ttur weighs the mean FLOPs), but not eight_bit: the
+    # trace runs torch AdamW either way and 8-bit states are counted from the parameter counts
+    keep["optim"] = {k: v for k, v in d["optim"].items() if k != "eight_bit"}
     keep["parts"] = [parts.denoiser, parts.vae, list(parts.text), parts.backbone, sorted(parts.overrides.items()),
                      parts.text_tokens]
     h = hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode())

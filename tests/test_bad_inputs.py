@@ -259,7 +259,7 @@ def run_cli(argv: list[str], work: Path, capsys) -> None:
     lines = [ln for ln in text.splitlines() if ln.strip()]
     assert "Traceback" not in text, text
     assert rc == 2, f"{argv}: exit {rc}\n{text}"
-    assert 1 <= len(lines) <= 3, f"{argv}: {len(lines)} lines\n{text}"
+    assert len(lines) == 1, f"{argv}: {len(lines)} lines\n{text}"
     assert _tree(work / "results") == before, f"{argv} created {_tree(work / 'results') - before}"
 
 

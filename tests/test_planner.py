@@ -177,6 +177,21 @@ def test_traces_and_network_sizes_are_cached_and_read_back_equal(tmp_path, monke
     assert planner.cached_network_sizes(cfg, parts, tmp_path) == first[1] and calls[-1] == "network_sizes"
 
 
+def test_the_trace_cache_key_follows_what_the_trace_depends_on():
+    """optim.ttur weighs the mean FLOPs stored with a trace (a cached trace of TTUR 5 gave TTUR 1's plan its
+    FLOPs before); layout settings and 8-bit states are computed from the trace and must reuse it."""
+    base = C.resolve("sd35-medium-senseflow", [])
+    parts = planner.run_parts(base)
+    key = planner._trace_key(base, parts)
+    for same in (["train.shard_group=4"], ["train.parallel=ddp"], ["optim.eight_bit=true"],
+                 ["train.gradient_checkpointing=false"]):
+        cfg = C.resolve("sd35-medium-senseflow", same)
+        assert planner._trace_key(cfg, planner.run_parts(cfg)) == key, same
+    for other in (["optim.ttur=1"], ["train.batch_size=2"], ["isg.enabled=false"], ["model.resolution=512"]):
+        cfg = C.resolve("sd35-medium-senseflow", other)
+        assert planner._trace_key(cfg, planner.run_parts(cfg)) != key, other
+
+
 def test_the_trace_in_two_processes_equals_the_one_in_one():
     """The two halves of a trace (checkpointing on; off with the ISG-off step) run in two processes, each on
     its own build: same FLOPs, same static bytes, and peaks within a few KiB (the second half no longer starts
