@@ -379,7 +379,8 @@ def load_dinov2(source: str | os.PathLike, dtype: torch.dtype | None = None) -> 
     text = os.fspath(source)
     if text == TINY_BACKBONE:
         return tiny_dinov2()
-    hint = (f"download it while online (`huggingface-cli download {text}`) or set gan.backbone to a local "
+    hint = (f"download it while online (`hf download {text}`; older huggingface_hub: `huggingface-cli download`) "
+            f"or set gan.backbone to a local "
             "directory holding a DINOv2 config.json and weights; gan.kind=none or dmd2 needs no backbone")
     folder = local_or_cached_or_raise(text, f"DINOv2 backbone {text!r} for the VFM discriminator", hint)
     try:
