@@ -13,7 +13,7 @@ then traced on them:
   counted as the CUDA kernels are: `flop_counter`); equal to torch's FlopCounterMode's count of the same
   iteration, which is not used for the trace because it decomposes operators and so changes the memory.
 
-The two halves (checkpointing on; off, with the ISG-off step) run in two processes where there are two
+The two halves (checkpointing on, with the ISG-off step; off) run in two processes where there are two
 cores (`trace`), and a trace is cached by everything it depends on (`cached_trace`).
 
 Data-dependent reads (`float(loss)` for logging, the omega > 0 test) have no value under fake tensors;
@@ -514,8 +514,8 @@ def trace(cfg: RunConfig, parts: RunParts, *, batch_size: int | None = None, par
     simulation (the costliest), with gradient checkpointing of G and F on (memory and FLOPs, one pass) and
     off (memory); FLOPs of ISG from one more generator step with ISG off. Returns {checkpointing: Trace}.
 
-    parallel=True (2+ cores): the half without checkpointing (and the ISG-off step) runs in a second, spawned
-    process, which builds the networks again, while this one traces the half with; the answer comes in
+    parallel=True (2+ cores): the half without checkpointing runs in a second, spawned process, which builds
+    the networks again, while this one traces the half with (and the ISG-off step); the answer comes in
     about half the time. Otherwise the halves run one after the other on one build."""
     import os
 
@@ -527,7 +527,7 @@ def trace(cfg: RunConfig, parts: RunParts, *, batch_size: int | None = None, par
             distiller, batch = _build_for_trace(cfg, parts, b)
             static, grads, K = _sizes_of(distiller)
             on, off = _half(cfg, distiller, batch, True), _half(cfg, distiller, batch, False)
-    mean = mean_iteration_flops(cfg, on["flops"], off["isg_off"], K)
+    mean = mean_iteration_flops(cfg, on["flops"], on["isg_off"], K)
     return {True: Trace(mean, int(sum(on["flops"].values())), static, on["peaks"], grads),
             False: Trace({}, 0, static, off["peaks"], grads)}  # FLOPs are not counted without checkpointing
 
@@ -553,23 +553,24 @@ def _sizes_of(distiller) -> tuple[int, dict[str, int], int]:
 
 
 def _half(cfg: RunConfig, distiller, batch, checkpointing: bool) -> dict:
-    """One half of a trace: with checkpointing, the peaks and FLOPs of one iteration; without, the peaks and
-    the FLOPs of the first three components with ISG off (counted with checkpointing, as the other half)."""
+    """One half of a trace: with checkpointing, the peaks and FLOPs of one iteration and the FLOPs of its
+    first three components again with ISG off; without, the peaks of one iteration. (The halves take about
+    as long: the first counts the recomputation of checkpointing and the ISG-off step, the second holds
+    every activation.)"""
     K = distiller.few_step.num_steps
     set_checkpointing(distiller, checkpointing)
-    if checkpointing:
-        peaks, flops = measure_iteration(cfg, distiller, batch, K - 1, True, flops=True)
-        return {"peaks": peaks, "flops": flops}
-    peaks, _ = measure_iteration(cfg, distiller, batch, K - 1, True, flops=False)
+    if not checkpointing:
+        peaks, _ = measure_iteration(cfg, distiller, batch, K - 1, True, flops=False)
+        return {"peaks": peaks}
+    peaks, flops = measure_iteration(cfg, distiller, batch, K - 1, True, flops=True)
     isg_off = None
     if cfg.isg.enabled and cfg.isg.weight > 0:
         distiller.cfg = cfg.model_copy(update={"isg": cfg.isg.model_copy(update={"enabled": False})})
         try:
-            set_checkpointing(distiller, True)
             isg_off = _traced_flops(cfg, iteration_parts(distiller, batch, K - 1, True, True)[:3])
         finally:
             distiller.cfg = cfg
-    return {"peaks": peaks, "isg_off": isg_off}
+    return {"peaks": peaks, "flops": flops, "isg_off": isg_off}
 
 
 def _in_two_processes(cfg: RunConfig, parts: RunParts, b: int):
