@@ -71,9 +71,19 @@ def test_recorder_sees_every_network_and_leaves_no_trace():
     assert not any(r["name"] == "teacher" and r["backward"] for r in rows)
     assert [p.requires_grad for p in d.parameters()] == flags
     assert all(p.grad is None for p in d.parameters())
+    import senseflow.bench.passes as passes_mod
+
+    reads = []
+    real_now = passes_mod.now
+    passes_mod.now = lambda device: reads.append(device) or real_now(device)
+    try:
+        d.step(1, batch)  # attached but not recording: no clock reads (each one syncs a GPU)
+    finally:
+        passes_mod.now = real_now
+    assert reads == []
     rec.detach()
     assert "forward" not in vars(d.generator) and "_clip" not in vars(d)
-    d.step(1, batch)  # still trains without the recorder
+    d.step(2, batch)  # still trains without the recorder
 
 
 def test_scaling_fits_an_exponent(tmp_path):

@@ -167,12 +167,13 @@ class PassRecorder:
         rec = self
 
         def wrapper(*args, **kwargs):
+            if not rec.recording:  # no clock read: on a GPU each one waits for the queued kernels
+                return fn(*args, **kwargs)
             t0 = now(rec.device)
             try:
                 return fn(*args, **kwargs)
             finally:
-                if rec.recording:
-                    rec.in_place[tag] += now(rec.device) - t0
+                rec.in_place[tag] += now(rec.device) - t0
 
         self._patch(owner, attr, wrapper)
 
@@ -182,12 +183,13 @@ class PassRecorder:
 
         def wrapper(*args, **kwargs):
             rec._tags.append(tag)
-            t0 = now(rec.device)
+            timed = rec.recording  # no clock read otherwise: on a GPU each one waits for the queued kernels
+            t0 = now(rec.device) if timed else 0.0
             try:
                 return fn(*args, **kwargs)
             finally:
                 rec._tags.pop()
-                if rec.recording:
+                if timed:
                     rec.in_place[tag] += now(rec.device) - t0
 
         self._patch(owner, attr, wrapper)
