@@ -23,6 +23,12 @@ PRESETS = ["sd35-large-senseflow", "sd35-large-dmd2", "sd35-medium-senseflow", "
 REFERENCE = REPO / "results" / "bench" / "plans-2026-11-27"
 
 
+class PlanFailed(Exception):
+    def __init__(self, code: int, message: str):
+        super().__init__(message)
+        self.code = code
+
+
 def timed_plan(preset: str, cache: Path) -> dict:
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
@@ -30,8 +36,8 @@ def timed_plan(preset: str, cache: Path) -> dict:
                          capture_output=True, text=True, env={**os.environ, "SENSEFLOW_CACHE": str(cache)})
     wall = time.perf_counter() - t0
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
-    if out.returncode != 0:
-        raise RuntimeError(f"senseflow plan {preset} exited with {out.returncode}: {out.stderr[-2000:]}")
+    if out.returncode != 0:  # its own message (one line for bad input), and its status
+        raise PlanFailed(out.returncode, out.stderr.strip() or f"senseflow plan {preset} exited with {out.returncode}")
     plan = json.loads(out.stdout)
     return {"wall_seconds": round(wall, 1),
             "cpu_seconds": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
@@ -45,14 +51,28 @@ def main() -> int:
     ap.add_argument("--out", default=str(REPO / "results" / "bench" / "plan-time.json"))
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
+    from senseflow import config
     from senseflow.bench import record
 
+    for preset in args.presets:  # a bad name stops before any plan runs
+        try:
+            config.resolve(preset, [])
+        except config.ConfigError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     rows = []
+    code = 0
     head = record.header("plan-time", 0, {"presets": args.presets, "cores": os.cpu_count()})
     for preset in args.presets:
         with tempfile.TemporaryDirectory(prefix="senseflow-plan-cache-") as cache:
-            first = timed_plan(preset, Path(cache))
-            again = timed_plan(preset, Path(cache))
+            try:
+                first = timed_plan(preset, Path(cache))
+                again = timed_plan(preset, Path(cache))
+            except PlanFailed as e:  # the rows done so far are written, this one with its error
+                print(e, file=sys.stderr)
+                rows.append({"preset": preset, "error": str(e)})
+                code = e.code
+                break
         ref_path = REFERENCE / f"{preset}.json"
         ref = json.loads(ref_path.read_text()) if ref_path.is_file() else None
         row = {"preset": preset, "first": first, "cached": again,
@@ -62,7 +82,7 @@ def main() -> int:
         print(json.dumps(row), flush=True)
     path = record.write(Path(args.out), {**head, "rows": rows})
     print(f"wrote {path}")
-    return 0
+    return code
 
 
 if __name__ == "__main__":

@@ -415,18 +415,6 @@ def count_flops(distiller, batch, k: int, backsim: bool, gen_step: bool, iterati
     return _flops_of(iteration_parts(distiller, batch, k, backsim, gen_step, iteration))
 
 
-def _traced_flops(cfg: RunConfig, parts) -> dict[str, int]:
-    """FLOPs of each named part by LiveBytes' count (no memory kept), under the run's autocast."""
-    flops: dict[str, int] = {}
-    tracker = LiveBytes(count_flops=True)
-    with tracker, _autocast(cfg):
-        for name, fn in parts:
-            before = tracker.flops
-            fn()
-            flops[name] = flops.get(name, 0) + tracker.flops - before
-    return flops
-
-
 # functions CUDA autocast runs in fp32 whatever their inputs, which CPU autocast leaves in the input's dtype:
 # (owner, attribute name)
 _FP32_ON_CUDA = [(F, "layer_norm"), (F, "group_norm"), (F, "interpolate"), (F, "softmax"), (F, "log_softmax"),
@@ -567,7 +555,8 @@ def _half(cfg: RunConfig, distiller, batch, checkpointing: bool) -> dict:
     if cfg.isg.enabled and cfg.isg.weight > 0:
         distiller.cfg = cfg.model_copy(update={"isg": cfg.isg.model_copy(update={"enabled": False})})
         try:
-            isg_off = _traced_flops(cfg, iteration_parts(distiller, batch, K - 1, True, True)[:3])
+            _, isg_off = _trace_parts(cfg, iteration_parts(distiller, batch, K - 1, True, True)[:3],
+                                      distiller.device.type, flops=True)
         finally:
             distiller.cfg = cfg
     return {"peaks": peaks, "flops": flops, "isg_off": isg_off}
@@ -661,11 +650,16 @@ def measure_iteration(cfg: RunConfig, distiller, batch, k: int, backsim: bool, f
     norms among them) into smaller ones, whose intermediate tensors a real run never makes (a narrow SD3.5
     generator step traced 13% higher under it), so it would need a pass of its own. Fake or real tensors
     alike."""
+    return _trace_parts(cfg, iteration_parts(distiller, batch, k, backsim, True), distiller.device.type, flops)
+
+
+def _trace_parts(cfg: RunConfig, parts, device_type: str, flops: bool) -> tuple[dict[str, int], dict[str, int]]:
+    """Run each named part under the run's autocast inside one LiveBytes: its peak and, when asked, its FLOPs."""
     peaks: dict[str, int] = {}
     counts: dict[str, int] = {}
     tracker = LiveBytes(count_flops=flops)
-    with tracker, _autocast(cfg, distiller.device.type):
-        for name, fn in iteration_parts(distiller, batch, k, backsim, True):
+    with tracker, _autocast(cfg, device_type):
+        for name, fn in parts:
             tracker.reset_peak()
             before = tracker.flops
             fn()

@@ -337,8 +337,7 @@ def lock_path_for(storage: str, sweep: Sweep) -> Path:
 def trial_locks_dir(storage: str, sweep: Sweep) -> Path:
     """Folder of the trials' liveness locks: <dir>/<number>.lock is held by the worker that runs trial <number>,
     from its ask to its tell, and released by the kernel when that worker dies."""
-    ask = lock_path_for(storage, sweep)
-    return ask.with_name(ask.name.removesuffix(".ask-lock") + ".trials")
+    return lock_path_for(storage, sweep).with_suffix(".trials")  # <storage>.ask-lock -> <storage>.trials
 
 
 def trial_lock(storage: str, sweep: Sweep, number: int, blocking: bool = True) -> run_lock:
