@@ -23,7 +23,7 @@ LAYERS: dict[str, tuple[str, ...]] = {
                  "senseflow.data", "senseflow.progress", "senseflow.allocator"),
     "worlds/evals": ("senseflow.worlds", "senseflow.components", "senseflow.evaluate", "evals"),
     "harness": ("senseflow.launch", "senseflow.grid", "senseflow.sweep", "senseflow.run", "senseflow.preflight",
-                "senseflow.planner", "senseflow.export", "senseflow.bench"),
+                "senseflow.planner", "senseflow.depth_extension", "senseflow.export", "senseflow.bench"),
     "commands": ("senseflow.commands", "senseflow.cli", "senseflow.__main__"),
 }
 ORDER = list(LAYERS)

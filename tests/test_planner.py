@@ -333,3 +333,31 @@ def test_memory_is_traced_without_the_flop_counter():
     # a later iteration differs by a few KiB (state the first one left); under the counter it was 13% more
     assert with_flops.keys() == alone.keys()
     assert all(with_flops[k] == pytest.approx(alone[k], rel=0.01) for k in alone), (with_flops, alone)
+
+
+# Denoisers of a few more blocks than their cut keeps (every run of identical blocks long enough to cut),
+# at 64 px with DINOv2-S: the full-depth trace against the cut one extended (`senseflow.depth_extension`).
+_CUT_CASES = {
+    "sd3-dmd2": ("sd35-medium-dmd2", dict(num_layers=10, dual_attention_layers=(0, 1, 2, 3, 4))),
+    "flux-senseflow": ("flux-dev-senseflow", dict(num_layers=5, num_single_layers=7)),
+    "flux-dmd2": ("flux-dev-dmd2", dict(num_layers=4, num_single_layers=7)),
+    "sdxl-senseflow": ("sdxl-senseflow", dict(transformer_layers_per_block=(1, 2, 5))),
+}
+_SLOW_CUT_CASES = {"sdxl-senseflow"}  # about three minutes: the whole UNet at full depth, twice
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.slow) if c in _SLOW_CUT_CASES else c
+                                  for c in sorted(_CUT_CASES)])
+def test_the_cut_trace_extended_equals_the_full_trace(case):
+    """Every component's peak and FLOPs, static bytes and gradients, with checkpointing on and off, and the
+    ISG-off FLOPs: the same from the denoisers traced at full depth and from their cut, extended."""
+    preset, overrides = _CUT_CASES[case]
+    cfg = C.resolve(preset, ["model.resolution=64", "gan.backbone=facebook/dinov2-small", "gan.layers=[3, 11]"]
+                    if "dmd2" not in preset else ["model.resolution=64"])
+    parts = planner.run_parts(cfg)
+    parts.overrides = {**parts.overrides, **overrides}
+    cut = planner.denoiser_cut(cfg, parts)
+    assert cut is not None and cut.removed > 0 and (cut.bottleneck is not None) == ("dmd2" in preset)
+    full, extended = planner.trace(cfg, parts, parallel=False, cut=False), planner.trace(cfg, parts, parallel=False)
+    for ck in (True, False):
+        assert extended[ck] == full[ck], (ck, extended[ck], full[ck])
