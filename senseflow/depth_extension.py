@@ -354,10 +354,14 @@ class DepthRecorder:
         same_pass = fam is not None and tag is not None and tag[0] == born_tag[0] and tag[3] == born_tag[3]
         self._event(-n if same_block or same_pass else -n * (1 + k), here)
 
-    def add_flops(self, f: int) -> None:
-        if self.recording and self.flops:
-            tag, _ = self._where()
-            self.flops[-1] += f * (1 + self._copies(tag))
+    def add_flops(self, f: int) -> int:
+        """Count an op's FLOPs; returns them at the full depth."""
+        if not (self.recording and self.flops):
+            return f
+        tag, _ = self._where()
+        f *= 1 + self._copies(tag)
+        self.flops[-1] += f
+        return f
 
     def boundary(self) -> None:
         if self.recording:

@@ -16,7 +16,7 @@ then traced on them:
 The denoisers are traced with their stacks of identical blocks cut short (the first, a representative and
 the last block of each run) and the trace is extended to the full depth exactly
 (`senseflow.depth_extension`): about four times fewer operators for the same figures. The two halves
-(checkpointing on, with the ISG-off step; off) run in two processes where there are two cores (`trace`),
+(checkpointing on, with ISG's FLOPs counted apart; off) run in two processes where there are two cores (`trace`),
 and a trace is cached by everything it depends on (`cached_trace`).
 
 Data-dependent reads (`float(loss)` for logging, the omega > 0 test) have no value under fake tensors;
@@ -96,9 +96,10 @@ class LiveBytes(TorchDispatchMode):
     included) applied to each op as it is dispatched. Unlike FlopCounterMode this decomposes nothing, so the
     memory is the same with or without counting, and one pass gives both."""
 
-    def __init__(self, count_flops: bool = False, recorder=None):
+    def __init__(self, count_flops: bool = False, recorder=None, within=None):
         super().__init__()
         self.recorder = recorder  # a depth_extension.DepthRecorder: the events, for a cut trace's full depth
+        self.within = within      # a FlopsWithin: also counts the FLOPs of one method apart
         self.live = 0
         self.peak = 0
         self.flops = 0
@@ -150,8 +151,48 @@ class LiveBytes(TorchDispatchMode):
                 f = int(formula(*args, **(kwargs or {}), out_val=out))
                 self.flops += f
                 if self.recorder is not None:
-                    self.recorder.add_flops(f)
+                    f = self.recorder.add_flops(f)
+                if self.within is not None and self.within.inside():
+                    self.within.flops += f
         return out
+
+
+class FlopsWithin:
+    """While active, the FLOPs of everything one method of an object runs: the ops dispatched while it runs
+    and, in the backward pass, the ops of the autograd nodes it created (their sequence numbers). Counted
+    by the LiveBytes given it (`within=`). The planner counts ISG's FLOPs so (`Distiller._isg_term`): its
+    teacher's forwards and the backward of its loss, in the same pass as the rest."""
+
+    def __init__(self, owner, name: str):
+        self.owner, self.name = owner, name
+        self.flops = 0
+        self._running = False
+        self._ranges: list[tuple[int, int]] = []
+
+    def __enter__(self) -> "FlopsWithin":
+        method = getattr(self.owner, self.name)
+
+        def counted(*args, **kwargs):
+            lo = torch._C._autograd._get_sequence_nr()
+            self._running = True
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self._running = False
+                self._ranges.append((lo, torch._C._autograd._get_sequence_nr()))
+
+        setattr(self.owner, self.name, counted)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        delattr(self.owner, self.name)
+
+    def inside(self) -> bool:
+        node = torch._C._current_autograd_node()
+        if node is None:
+            return self._running
+        seq = node._sequence_nr()
+        return any(lo <= seq < hi for lo, hi in self._ranges)
 
 
 class CachedText(nn.Module):
@@ -525,10 +566,10 @@ def trace(cfg: RunConfig, parts: RunParts, *, batch_size: int | None = None, par
           cut: bool = True) -> dict[bool, Trace]:
     """Build the run under FakeTensorMode and trace one generator iteration at the last anchor with backward
     simulation (the costliest), with gradient checkpointing of G and F on (memory and FLOPs, one pass) and
-    off (memory); FLOPs of ISG from one more generator step with ISG off. Returns {checkpointing: Trace}.
+    off (memory), ISG's FLOPs counted apart in the first (`FlopsWithin`). Returns {checkpointing: Trace}.
 
     parallel=True (2+ cores): the half without checkpointing runs in a second, spawned process, which builds
-    the networks again, while this one traces the half with (and the ISG-off step); the answer comes in
+    the networks again, while this one traces the half with; the answer comes in
     about half the time. Otherwise the halves run one after the other on one build.
 
     cut=True traces the denoisers with their block stacks cut short and extends the trace to the full depth
@@ -544,7 +585,7 @@ def trace(cfg: RunConfig, parts: RunParts, *, batch_size: int | None = None, par
             distiller, batch, depth = _build_for_trace(cfg, parts, b, cut)
             static, grads, K = _sizes_of(distiller, depth)
             on, off = _half(cfg, distiller, batch, True, depth), _half(cfg, distiller, batch, False, depth)
-    mean = mean_iteration_flops(cfg, on["flops"], on["isg_off"], K)
+    mean = mean_iteration_flops(cfg, on["flops"], on["isg"], K)
     return {True: Trace(mean, int(sum(on["flops"].values())), static, on["peaks"], grads),
             False: Trace({}, 0, static, off["peaks"], grads)}  # FLOPs are not counted without checkpointing
 
@@ -595,26 +636,17 @@ def _sizes_of(distiller, depth=None) -> tuple[int, dict[str, int], int]:
 
 
 def _half(cfg: RunConfig, distiller, batch, checkpointing: bool, depth=None) -> dict:
-    """One half of a trace: with checkpointing, the peaks and FLOPs of one iteration and the FLOPs of its
-    first three components again with ISG off; without, the peaks of one iteration. (The halves take about
-    as long: the first counts the recomputation of checkpointing and the ISG-off step, the second holds
-    every activation.)"""
+    """One half of a trace: with checkpointing, the peaks and FLOPs of one iteration, ISG's share of them
+    counted apart (`FlopsWithin`); without, the peaks of one iteration. (The halves take about as long: the
+    first counts the recomputation of checkpointing, the second holds every activation.)"""
     K = distiller.few_step.num_steps
     set_checkpointing(distiller, checkpointing)
     if not checkpointing:
         peaks, _ = measure_iteration(cfg, distiller, batch, K - 1, True, flops=False, depth=depth)
         return {"peaks": peaks}
-    peaks, flops = measure_iteration(cfg, distiller, batch, K - 1, True, flops=True, depth=depth)
-    isg_off = None
-    if cfg.isg.enabled and cfg.isg.weight > 0:
-        distiller.cfg = cfg.model_copy(update={"isg": cfg.isg.model_copy(update={"enabled": False})})
-        try:
-            # the generator step does the same without backward simulation (only its input differs)
-            _, isg_off = _trace_parts(cfg, iteration_parts(distiller, batch, K - 1, False, True)[:3],
-                                      distiller.device.type, flops=True, depth=depth)
-        finally:
-            distiller.cfg = cfg
-    return {"peaks": peaks, "flops": flops, "isg_off": isg_off}
+    with FlopsWithin(distiller, "_isg_term") as isg:
+        peaks, flops = measure_iteration(cfg, distiller, batch, K - 1, True, flops=True, depth=depth, within=isg)
+    return {"peaks": peaks, "flops": flops, "isg": isg.flops}
 
 
 def _in_two_processes(cfg: RunConfig, parts: RunParts, b: int, cut: bool = False):
@@ -677,16 +709,14 @@ def set_checkpointing(distiller, on: bool) -> None:
         distiller.discriminator.checkpoint_backbone = on
 
 
-def mean_iteration_flops(cfg: RunConfig, flops: dict[str, int], isg_off: dict[str, int] | None,
-                         K: int) -> dict[str, float]:
+def mean_iteration_flops(cfg: RunConfig, flops: dict[str, int], isg: int, K: int) -> dict[str, float]:
     """FLOPs of the average iteration from one generator iteration at anchor K-1 with backward simulation:
     G steps every `ttur` iterations (otherwise G runs forward only, with the same forward FLOPs), backward
     simulation with probability backsim_prob at an anchor drawn uniformly from 0..K-1 (anchor k costs k of
-    the K-1 traced steps)."""
+    the K-1 traced steps). `isg`: the part of the generator step's FLOPs that is ISG's."""
     ttur = cfg.optim.ttur
     per_backsim_step = flops["backward simulation"] / (K - 1) if K > 1 else 0.0
     gen = flops.get("generator step", 0)
-    isg = gen - isg_off["generator step"] if isg_off is not None else 0
     return {
         "generator forward": float(flops["generator forward"]),
         "backward simulation": cfg.generator.backsim_prob * (K - 1) / 2 * per_backsim_step,
@@ -697,8 +727,8 @@ def mean_iteration_flops(cfg: RunConfig, flops: dict[str, int], isg_off: dict[st
     }
 
 
-def measure_iteration(cfg: RunConfig, distiller, batch, k: int, backsim: bool, flops: bool = True, depth=None
-                      ) -> tuple[dict[str, int], dict[str, int]]:
+def measure_iteration(cfg: RunConfig, distiller, batch, k: int, backsim: bool, flops: bool = True, depth=None,
+                      within: FlopsWithin | None = None) -> tuple[dict[str, int], dict[str, int]]:
     """Run one generator iteration at anchor k; per component, the peak of the bytes it creates on top of
     what was there and, when asked, its FLOPs, both from the same pass (LiveBytes with count_flops). torch's
     FlopCounterMode is not used here: it decomposes every operator it has no formula for (group and layer
@@ -706,17 +736,17 @@ def measure_iteration(cfg: RunConfig, distiller, batch, k: int, backsim: bool, f
     generator step traced 13% higher under it), so it would need a pass of its own. Fake or real tensors
     alike."""
     return _trace_parts(cfg, iteration_parts(distiller, batch, k, backsim, True), distiller.device.type, flops,
-                        depth)
+                        depth, within)
 
 
-def _trace_parts(cfg: RunConfig, parts, device_type: str, flops: bool, depth=None
-                 ) -> tuple[dict[str, int], dict[str, int]]:
+def _trace_parts(cfg: RunConfig, parts, device_type: str, flops: bool, depth=None,
+                 within: FlopsWithin | None = None) -> tuple[dict[str, int], dict[str, int]]:
     """Run each named part under the run's autocast inside one LiveBytes: its peak and, when asked, its FLOPs.
     With `depth` (cut denoisers), the full depth's peaks and FLOPs from the recorded events."""
     peaks: dict[str, int] = {}
     counts: dict[str, int] = {}
     recorder = depth() if depth is not None else None
-    tracker = LiveBytes(count_flops=flops, recorder=recorder)
+    tracker = LiveBytes(count_flops=flops, recorder=recorder, within=within)
     names = [name for name, _ in parts]
     with tracker, _autocast(cfg, device_type), (recorder or contextlib.nullcontext()):
         for name, fn in parts:
