@@ -42,7 +42,21 @@ def timed_plan(preset: str, cache: Path) -> dict:
     return {"wall_seconds": round(wall, 1),
             "cpu_seconds": round(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime, 1),
             "memory_gib": round(plan["layouts"][0]["total_gib"], 3), "fits": plan["fits"],
-            "tflop_per_iteration": round(sum(plan["flops"].values()) / 1e12, 2)}
+            "tflop_per_iteration": round(sum(plan["flops"].values()) / 1e12, 2), "plan": plan}
+
+
+def _same(plan: dict, ref: dict) -> bool:
+    """The traces (each component's peak and FLOPs), the FLOPs and the layouts' bytes agree, numbers to 1e-9."""
+    def same(a, b) -> bool:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
+        if isinstance(a, list) and isinstance(b, list):
+            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            return abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1.0)
+        return a == b
+
+    return all(same(plan[k], ref[k]) for k in ("traces", "flops", "layouts"))
 
 
 def main() -> int:
@@ -75,9 +89,13 @@ def main() -> int:
                 break
         ref_path = REFERENCE / f"{preset}.json"
         ref = json.loads(ref_path.read_text()) if ref_path.is_file() else None
+        plan = first.pop("plan")
+        again.pop("plan")
         row = {"preset": preset, "first": first, "cached": again,
                "reference_memory_gib": round(ref["layouts"][0]["total_gib"], 3) if ref else None,
-               "reference_tflop_per_iteration": round(sum(ref["flops"].values()) / 1e12, 2) if ref else None}
+               "reference_tflop_per_iteration": round(sum(ref["flops"].values()) / 1e12, 2) if ref else None,
+               # every layout's bytes and every component's FLOPs (ISG's share included), to 1e-9
+               "same_as_reference": _same(plan, ref) if ref else None}
         rows.append(row)
         print(json.dumps(row), flush=True)
     path = record.write(Path(args.out), {**head, "rows": rows})

@@ -568,17 +568,18 @@ def trace(cfg: RunConfig, parts: RunParts, *, batch_size: int | None = None, par
     simulation (the costliest), with gradient checkpointing of G and F on (memory and FLOPs, one pass) and
     off (memory), ISG's FLOPs counted apart in the first (`FlopsWithin`). Returns {checkpointing: Trace}.
 
-    parallel=True (2+ cores): the half without checkpointing runs in a second, spawned process, which builds
-    the networks again, while this one traces the half with; the answer comes in
-    about half the time. Otherwise the halves run one after the other on one build.
+    parallel=True (2+ cores, and a system that forks): the networks are built once and the half without
+    checkpointing runs in a forked child while this process traces the half with it (`_in_two_processes`);
+    the answer comes in about half the time. Otherwise the halves run one after the other on one build.
 
     cut=True traces the denoisers with their block stacks cut short and extends the trace to the full depth
     (`senseflow.depth_extension`; the same figures, tested, in a fraction of the time); cut=False traces
     the full depth."""
+    import multiprocessing
     import os
 
     b = batch_size or cfg.train.batch_size
-    if parallel and (os.cpu_count() or 1) >= 2:
+    if parallel and (os.cpu_count() or 1) >= 2 and "fork" in multiprocessing.get_all_start_methods():
         static, grads, K, on, off = _in_two_processes(cfg, parts, b, cut)
     else:
         with _fake_mode():
@@ -649,39 +650,51 @@ def _half(cfg: RunConfig, distiller, batch, checkpointing: bool, depth=None) -> 
     return {"peaks": peaks, "flops": flops, "isg": isg.flops}
 
 
-def _in_two_processes(cfg: RunConfig, parts: RunParts, b: int, cut: bool = False):
-    """The half without checkpointing in a spawned process (a fresh interpreter: a process that has run
-    autograd cannot fork one that runs it), the half with it here; an exception there is raised here, and
-    an exception (or Ctrl-C) here stops the other process."""
+_BAD_FORK = "autograd's threading in combination with fork"  # torch's error in a child forked after a backward
+
+
+def _in_two_processes(cfg: RunConfig, parts: RunParts, b: int, cut: bool = False, fallback: bool = True):
+    """Build the networks once, then fork: the half without checkpointing runs in the child, the half with it
+    here. The fork comes before this process runs any backward pass: a child forked after one cannot run
+    autograd (torch's engine threads do not survive a fork). Where this process had run one before (a test
+    suite, a notebook), the child says so and, with `fallback`, the half runs here after the other, as
+    `trace(parallel=False)` does. An exception there is raised here; an exception (or Ctrl-C) here stops the
+    child. Returns (static, grads, K, half with, half without)."""
     from multiprocessing import get_context
 
-    ctx = get_context("spawn")
-    here, there = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_half_to_pipe, args=(there, cfg, parts, b, cut), daemon=True)
-    proc.start()
-    there.close()
-    try:
-        static, grads, K, on = _built_half(cfg, parts, b, True, cut)
+    ctx = get_context("fork")
+    with _fake_mode():
+        distiller, batch, depth = _build_for_trace(cfg, parts, b, cut)
+        static, grads, K = _sizes_of(distiller, depth)
+        here, there = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_half_to_pipe, args=(there, cfg, distiller, batch, depth), daemon=True)
+        proc.start()
+        there.close()
         try:
-            kind, value = here.recv()
-        except EOFError:
+            on = _half(cfg, distiller, batch, True, depth)
+            try:
+                kind, value = here.recv()
+            except EOFError:
+                proc.join()
+                raise RuntimeError(f"the planner's second process ended without an answer (exit code {proc.exitcode}); "
+                                   f"trace(..., parallel=False) runs both halves here") from None
+        except BaseException:
+            proc.kill()
+            raise
+        finally:
             proc.join()
-            raise RuntimeError(f"the planner's second process ended without an answer (exit code {proc.exitcode}); "
-                               f"trace(..., parallel=False) runs both halves here") from None
-    except BaseException:
-        proc.kill()
-        raise
-    finally:
-        proc.join()
-        here.close()
+            here.close()
+        if kind == "error" and fallback and _BAD_FORK in str(value):
+            kind, value = "ok", _half(cfg, distiller, batch, False, depth)
     if kind == "error":
         raise value
-    return static, grads, K, on, value[3]
+    return static, grads, K, on, value
 
 
-def _half_to_pipe(conn, cfg: RunConfig, parts: RunParts, b: int, cut: bool = False) -> None:
+def _half_to_pipe(conn, cfg: RunConfig, distiller, batch, depth) -> None:
+    """The forked child's work: the half without checkpointing, sent back (or the exception it raised)."""
     try:
-        result = ("ok", _built_half(cfg, parts, b, False, cut))
+        result = ("ok", _half(cfg, distiller, batch, False, depth))
     except Exception as e:  # noqa: BLE001 - sent back to the planner, which raises it
         result = ("error", e)
     try:
@@ -689,13 +702,6 @@ def _half_to_pipe(conn, cfg: RunConfig, parts: RunParts, b: int, cut: bool = Fal
     except Exception as e:  # noqa: BLE001 - an exception that does not pickle goes back as text
         conn.send(("error", RuntimeError(f"{type(result[1]).__name__}: {result[1]} ({e})")))
     conn.close()
-
-
-def _built_half(cfg: RunConfig, parts: RunParts, b: int, checkpointing: bool, cut: bool = False):
-    """Build, then trace one half (`trace`'s unit of work in each process): (static, grads, K, half)."""
-    with _fake_mode():
-        distiller, batch, depth = _build_for_trace(cfg, parts, b, cut)
-        return (*_sizes_of(distiller, depth), _half(cfg, distiller, batch, checkpointing, depth))
 
 
 def set_checkpointing(distiller, on: bool) -> None:
@@ -1052,8 +1058,8 @@ def plan(cfg: RunConfig, *, gpus: int = 8, gpu_mem_gib: float = 80.0, nodes: int
         raise PlanError(f"train.shard_group={cfg.train.shard_group} does not divide --gpus {gpus}; use a divisor of "
                         f"{gpus} (e.g. the GPUs per node, {gpus // nodes}) or 0 for all")
     parts = run_parts(cfg)
+    traces = traces or cached_trace(cfg, parts)  # first: its second process starts at once
     nets, unit = cached_network_sizes(cfg, parts)
-    traces = traces or cached_trace(cfg, parts)
     ck = cfg.train.gradient_checkpointing
     eight = cfg.optim.eight_bit
     budget = (gpu_mem_gib - HEADROOM_GIB) * GIB

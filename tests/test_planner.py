@@ -6,6 +6,7 @@ narrow copy of the SD3.5 architecture, fake tensors against real ones.
 """
 
 import contextlib
+import json
 import os
 import shutil
 import subprocess
@@ -196,25 +197,42 @@ def test_the_trace_cache_key_follows_what_the_trace_depends_on():
         assert planner._trace_key(cfg, planner.run_parts(cfg)) != key, other
 
 
+_TWO_PROCESSES = """
+import json, sys
+from senseflow import planner
+from tests.test_planner import NARROW, _narrow_cfg
+cfg = _narrow_cfg()
+parts = planner.run_parts(cfg, text_tokens=16)
+parts.overrides = dict(NARROW)
+static, grads, K, on, off = planner._in_two_processes(cfg, parts, cfg.train.batch_size, fallback=False)
+json.dump({"static": static, "grads": grads, "on": on, "off": off}, sys.stdout)
+"""
+
+
 @pytest.mark.skipif((os.cpu_count() or 1) < 2, reason="one core: trace(parallel=True) runs in one process")
 def test_the_trace_in_two_processes_equals_the_one_in_one():
-    """The two halves of a trace (checkpointing on, with the ISG-off step; off) run in two processes, each on
-    its own build: same FLOPs, same static bytes, and peaks within a few KiB (the second half no longer starts
-    from the state the first one left)."""
+    """The networks are built once and forked: the half without checkpointing traced in the child gives the
+    figures the one-process trace gives (same FLOPs and static bytes; peaks within a few KiB: the second half
+    of a one-process trace no longer starts from the state the first left). In a fresh process, as `senseflow
+    plan` runs it, with no fallback: the child really traces its half."""
     cfg = _narrow_cfg()
     parts = planner.run_parts(cfg, text_tokens=16)
     parts.overrides = dict(NARROW)
-    forked, one = planner.trace(cfg, parts, parallel=True), planner.trace(cfg, parts, parallel=False)
-    for ck in (True, False):
-        assert forked[ck].flops == one[ck].flops and forked[ck].flops_iteration == one[ck].flops_iteration
-        assert forked[ck].static_bytes == one[ck].static_bytes and forked[ck].grads == one[ck].grads
-        assert forked[ck].peak_new.keys() == one[ck].peak_new.keys()
-        assert all(abs(forked[ck].peak_new[k] - v) <= 64 * 2 ** 10 for k, v in one[ck].peak_new.items())
-    assert forked[True].flops["ISG"] > 0
+    out = subprocess.run([sys.executable, "-c", _TWO_PROCESSES], capture_output=True, text=True, cwd=REPO,
+                         env={**os.environ, "PYTHONPATH": str(REPO)}, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    forked = json.loads(out.stdout)
+    one = planner.trace(cfg, parts, parallel=False)
+    assert forked["static"] == one[True].static_bytes and forked["grads"] == one[True].grads
+    mean = planner.mean_iteration_flops(cfg, forked["on"]["flops"], forked["on"]["isg"], 4)
+    assert mean == one[True].flops and mean["ISG"] > 0
+    for ck, half in ((True, forked["on"]), (False, forked["off"])):
+        assert half["peaks"].keys() == one[ck].peak_new.keys()
+        assert all(abs(half["peaks"][k] - v) <= 64 * 2 ** 10 for k, v in one[ck].peak_new.items())
 
 
 def test_the_second_process_sends_its_error_back(monkeypatch):
-    """The half traced in the second process sends an exception back (re-raised by the planner) instead of
+    """The half traced in the forked child sends an exception back (re-raised by the planner) instead of
     dying; one that does not pickle goes back as its text."""
     import multiprocessing
 
@@ -229,11 +247,25 @@ def test_the_second_process_sends_its_error_back(monkeypatch):
         def fail(*a, _e=exc):
             raise _e
 
-        monkeypatch.setattr(planner, "_built_half", fail)
+        monkeypatch.setattr(planner, "_half", fail)
         here, there = multiprocessing.Pipe(duplex=False)
-        planner._half_to_pipe(there, None, None, 1)
+        planner._half_to_pipe(there, None, None, None, None)
         kind, value = here.recv()
         assert kind == "error" and type(value) is sent and str(exc) in str(value)
+
+
+def test_a_child_forked_after_a_backward_pass_is_told_apart():
+    """In a process that has run a backward pass (this test suite), a forked child cannot run autograd; the
+    planner recognises torch's error and traces that half itself (the answer is the one-process trace's)."""
+    torch.ones(1, requires_grad=True).sum().backward()  # this process has run autograd
+    cfg = _narrow_cfg()
+    parts = planner.run_parts(cfg, text_tokens=16)
+    parts.overrides = dict(NARROW)
+    with pytest.raises(RuntimeError, match="fork"):
+        planner._in_two_processes(cfg, parts, cfg.train.batch_size, fallback=False)
+    static, grads, K, on, off = planner._in_two_processes(cfg, parts, cfg.train.batch_size)
+    one = planner.trace(cfg, parts, parallel=False)
+    assert static == one[False].static_bytes and off["peaks"] == one[False].peak_new
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
