@@ -397,3 +397,30 @@ def test_the_cut_trace_extended_equals_the_full_trace(case):
     full, extended = planner.trace(cfg, parts, parallel=False, cut=False), planner.trace(cfg, parts, parallel=False)
     for ck in (True, False):
         assert extended[ck] == full[ck], (ck, extended[ck], full[ck])
+
+
+def test_fake_adamw_states_are_those_of_a_real_first_step():
+    """On fake tensors the planner gives AdamW its states directly; they are the ones a real first step
+    creates: same keys, and per state the same kind of tensor, shape, stride, dtype and device."""
+    cfg = _narrow_cfg()
+    parts = planner.run_parts(cfg, text_tokens=16)
+    parts.overrides = dict(NARROW)
+
+    def described(opt):
+        return [{k: (type(v).__name__, tuple(v.shape), v.stride(), v.dtype, str(v.device)) for k, v in opt.state[p].items()}
+                for g in opt.param_groups for p in g["params"]]
+
+    with planner._fake_mode():
+        d, _ = planner.build_distiller(cfg, parts, fake=True)
+        opts = (d.opt_g, d.opt_f, d.opt_d)
+        planner.warm_optimizers(d)
+        direct = [described(opt) for opt in opts]
+        for opt in opts:  # the same optimizers again, from no state, through a real step
+            opt.state.clear()
+            for p in [p for g in opt.param_groups for p in g["params"]]:
+                p.grad = torch.zeros_like(p)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        stepped = [described(opt) for opt in opts]
+    assert all(type(opt) is torch.optim.AdamW and len(opt.state) > 10 for opt in opts)
+    assert direct == stepped
