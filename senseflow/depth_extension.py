@@ -23,9 +23,12 @@ must keep, such as DMD2's bottleneck), and this module rebuilds the full depth f
   parameters' gradients, freed by `zero_grad`) dying k + 1 times over. Storages the optimizer makes per
   parameter (the `_foreach_` ops' outputs for the representative's parameters, gradients and states) are
   made and freed k + 1 times over. FLOPs of a representative's segments count k + 1 times.
-- **Checked.** `tests/test_planner.py::test_the_cut_trace_extended_equals_the_full_trace` traces SD3.5-
-  Medium- and FLUX-shaped denoisers of ten or so blocks directly and from their cut, and compares every
-  component's peak and FLOPs.
+- **Checked.** `tests/test_planner.py::test_the_cut_trace_extended_equals_the_full_trace` traces SD3.5-Medium
+  (DMD2), FLUX.1-dev (SenseFlow and DMD2) and SDXL (slow) denoisers of a few more blocks than their cut keeps
+  at full depth and from their cut: every component's peak and FLOPs, static bytes and gradients are equal.
+  The segments assume what these architectures do: a block's input is the output of the block before it
+  (of the same kind) and nothing else of a block outlives the pass through the network but its
+  parameters' gradients.
 
 The parameters, buffers and optimizer states of the copies (`extra_static_bytes`) and their gradients are
 added from the representative's.
