@@ -679,10 +679,10 @@ _BAD_FORK = "autograd's threading in combination with fork"  # torch's error in 
 
 def _in_two_processes(cfg: RunConfig, parts: RunParts, b: int, cut: bool = False, fallback: bool = True):
     """Build the networks once, then fork: the half without checkpointing runs in the child, the half with it
-    here. The fork comes before this process runs any backward pass: a child forked after one cannot run
-    autograd (torch's engine threads do not survive a fork). Where this process had run one before (a test
-    suite, a notebook), the child says so and, with `fallback`, the half runs here after the other, as
-    `trace(parallel=False)` does. An exception there is raised here; an exception (or Ctrl-C) here stops the
+    here. The fork comes before this process runs any backward pass: where torch runs autograd threads for
+    devices (a GPU machine), a child forked after one cannot run autograd (the threads do not survive a
+    fork). Where this process had run one before (a test suite, a notebook), such a child says so and, with
+    `fallback`, the half runs here after the other, as `trace(parallel=False)` does. An exception there is raised here; an exception (or Ctrl-C) here stops the
     child. Returns (static, grads, K, half with, half without)."""
     from multiprocessing import get_context
 
