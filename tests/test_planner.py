@@ -205,7 +205,7 @@ cfg = _narrow_cfg()
 parts = planner.run_parts(cfg, text_tokens=16)
 parts.overrides = dict(NARROW)
 static, grads, K, on, off = planner._in_two_processes(cfg, parts, cfg.train.batch_size, fallback=False)
-json.dump({"static": static, "grads": grads, "on": on, "off": off}, sys.stdout)
+json.dump({"static": static, "grads": grads, "K": K, "on": on, "off": off}, sys.stdout)
 """
 
 
@@ -224,7 +224,7 @@ def test_the_trace_in_two_processes_equals_the_one_in_one():
     forked = json.loads(out.stdout)
     one = planner.trace(cfg, parts, parallel=False)
     assert forked["static"] == one[True].static_bytes and forked["grads"] == one[True].grads
-    mean = planner.mean_iteration_flops(cfg, forked["on"]["flops"], forked["on"]["isg"], 4)
+    mean = planner.mean_iteration_flops(cfg, forked["on"]["flops"], forked["on"]["isg"], forked["K"])
     assert mean == one[True].flops and mean["ISG"] > 0
     for ck, half in ((True, forked["on"]), (False, forked["off"])):
         assert half["peaks"].keys() == one[ck].peak_new.keys()
