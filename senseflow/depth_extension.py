@@ -204,7 +204,6 @@ class DepthRecorder:
         self._born: dict[int, tuple] = {}          # storage -> (family or None, owner or None, tag)
         self.families: dict[tuple, _Family] = {}
         self.deltas: list[int] = []
-        self.family_of: list[_Family | None] = []
         self.boundaries: list[int] = []
         self.flops: list[int] = []
         self.recording = False
@@ -309,7 +308,6 @@ class DepthRecorder:
     def _event(self, delta: int, fam: _Family | None) -> None:
         i = len(self.deltas)
         self.deltas.append(delta)
-        self.family_of.append(fam)
         if fam is not None:
             if fam.first < 0:
                 fam.first = i
@@ -345,7 +343,7 @@ class DepthRecorder:
         if not self.recording:
             return
         tag, backward = self._where()
-        here = self._family(tag, backward) if tag is not None else None
+        here = self._family(tag, backward)
         if born is None:
             self._event(-n, here)
             return
@@ -396,23 +394,24 @@ class DepthRecorder:
             peaks.append(peak)
         return peaks, list(self.flops)
 
-    def extra_static_bytes(self) -> int:
-        """Parameters, buffers and optimizer states of the copies."""
-        total = 0
-        for backbone, cut, opt in self._networks:
-            for stack, blocks in zip(cut.stacks, stack_modules(backbone, cut)):
-                for pos, k in stack.copies.items():
-                    total += k * _block_bytes(blocks[pos], opt)
-        return total
 
-    def extra_grad_bytes(self, backbone: nn.Module) -> int:
-        """Gradients of the copies of one network's representatives."""
-        for net, cut, _ in self._networks:
-            if net is backbone:
-                return sum(k * sum(p.numel() * p.element_size() for p in blocks[pos].parameters() if p.requires_grad)
-                           for stack, blocks in zip(cut.stacks, stack_modules(net, cut))
-                           for pos, k in stack.copies.items())
-        return 0
+def _representatives(networks):
+    """(backbone, optimizer, representative block, copies) of every cut stack of every network."""
+    for backbone, cut, opt in networks:
+        for stack, blocks in zip(cut.stacks, stack_modules(backbone, cut)):
+            for pos, k in stack.copies.items():
+                yield backbone, opt, blocks[pos], k
+
+
+def extra_static_bytes(networks) -> int:
+    """Parameters, buffers and optimizer states of the copies (networks as `DepthRecorder` takes them)."""
+    return sum(k * _block_bytes(block, opt) for _, opt, block, k in _representatives(networks))
+
+
+def extra_grad_bytes(networks, backbone: nn.Module) -> int:
+    """Gradients of the copies of one network's representatives."""
+    return sum(k * _bytes(p for p in block.parameters() if p.requires_grad)
+               for net, _, block, k in _representatives(networks) if net is backbone)
 
 
 def _insert(fam: _Family, level: int, peak: int) -> tuple[int, int]:
@@ -425,11 +424,11 @@ def _insert(fam: _Family, level: int, peak: int) -> tuple[int, int]:
     return level + fam.k * run, peak
 
 
+def _bytes(tensors) -> int:
+    return sum(t.numel() * t.element_size() for t in tensors)
+
+
 def _block_bytes(block: nn.Module, opt) -> int:
-    total = sum(t.numel() * t.element_size() for t in list(block.parameters()) + list(block.buffers()))
-    if opt is not None:
-        for p in block.parameters():
-            for v in opt.state.get(p, {}).values():
-                if isinstance(v, torch.Tensor):
-                    total += v.numel() * v.element_size()
-    return total
+    states = [v for p in block.parameters() for v in (opt.state.get(p, {}).values() if opt is not None else ())
+              if isinstance(v, torch.Tensor)]
+    return _bytes(list(block.parameters()) + list(block.buffers()) + states)

@@ -603,13 +603,13 @@ def trace(cfg: RunConfig, parts: RunParts, *, batch_size: int | None = None, par
     import os
 
     b = batch_size or cfg.train.batch_size
-    if parallel and (os.cpu_count() or 1) >= 2 and "fork" in multiprocessing.get_all_start_methods():
-        static, grads, K, on, off = _in_two_processes(cfg, parts, b, cut)
-    else:
-        with _fake_mode():
-            distiller, batch, depth = _build_for_trace(cfg, parts, b, cut)
-            static, grads, K = _sizes_of(distiller, depth)
-            on, off = _half(cfg, distiller, batch, True, depth), _half(cfg, distiller, batch, False, depth)
+    with _fake_mode():
+        distiller, batch, cut_nets = _build_for_trace(cfg, parts, b, cut)
+        static, grads, K = _sizes_of(distiller, cut_nets)
+        if parallel and (os.cpu_count() or 1) >= 2 and "fork" in multiprocessing.get_all_start_methods():
+            on, off = _in_two_processes(cfg, distiller, batch, cut_nets)
+        else:
+            on, off = _half(cfg, distiller, batch, True, cut_nets), _half(cfg, distiller, batch, False, cut_nets)
     mean = mean_iteration_flops(cfg, on["flops"], on["isg"], K)
     return {True: Trace(mean, int(sum(on["flops"].values())), static, on["peaks"], grads),
             False: Trace({}, 0, static, off["peaks"], grads)}  # FLOPs are not counted without checkpointing
@@ -630,8 +630,8 @@ def denoiser_cut(cfg: RunConfig, parts: RunParts):
 
 
 def _build_for_trace(cfg: RunConfig, parts: RunParts, b: int, cut: bool = False):
-    """(distiller, batch, depth): depth is a callable giving a fresh DepthRecorder for a pass when the
-    denoisers were cut, else None."""
+    """(distiller, batch, cut_nets): cut_nets, when the denoisers were cut, are (backbone, cut, optimizer) of
+    the teacher, G and F, as `depth_extension.DepthRecorder` takes them; else None."""
     the_cut = denoiser_cut(cfg, parts) if cut else None
     if the_cut is not None:
         parts = replace(parts, overrides={**parts.overrides, **the_cut.overrides})
@@ -644,81 +644,80 @@ def _build_for_trace(cfg: RunConfig, parts: RunParts, b: int, cut: bool = False)
         blocks = depth_extension.joined_blocks(distiller.fake_score.backbone, the_cut)
         tap, after = the_cut.bottleneck  # the full network's bottleneck, not the cut one's middle
         distiller.discriminator._hooked = (blocks[tap], blocks[after] if after is not None else None)
-    networks = [(distiller.teacher.backbone, the_cut, None), (distiller.generator.backbone, the_cut, distiller.opt_g),
+    cut_nets = [(distiller.teacher.backbone, the_cut, None), (distiller.generator.backbone, the_cut, distiller.opt_g),
                 (distiller.fake_score.backbone, the_cut, distiller.opt_f)]
-    return distiller, batch, lambda: depth_extension.DepthRecorder(networks)
+    return distiller, batch, cut_nets
 
 
-def _sizes_of(distiller, depth=None) -> tuple[int, dict[str, int], int]:
+def _sizes_of(distiller, cut_nets=None) -> tuple[int, dict[str, int], int]:
     opts = [o for o in (distiller.opt_g, distiller.opt_f, distiller.opt_d) if o is not None]
     static, grads = _static_bytes(distiller, opts), _grad_bytes(distiller)
-    if depth is not None:  # the blocks the cut left out
-        recorder = depth()
-        static += recorder.extra_static_bytes()
-        grads["generator step"] += recorder.extra_grad_bytes(distiller.generator.backbone)
-        grads["fake-score step"] += recorder.extra_grad_bytes(distiller.fake_score.backbone)
+    if cut_nets is not None:  # the blocks the cut left out
+        static += depth_extension.extra_static_bytes(cut_nets)
+        grads["generator step"] += depth_extension.extra_grad_bytes(cut_nets, distiller.generator.backbone)
+        grads["fake-score step"] += depth_extension.extra_grad_bytes(cut_nets, distiller.fake_score.backbone)
     return static, grads, distiller.few_step.num_steps
 
 
-def _half(cfg: RunConfig, distiller, batch, checkpointing: bool, depth=None) -> dict:
+def _half(cfg: RunConfig, distiller, batch, checkpointing: bool, cut_nets=None) -> dict:
     """One half of a trace: with checkpointing, the peaks and FLOPs of one iteration, ISG's share of them
     counted apart (`FlopsWithin`); without, the peaks of one iteration. (The halves take about as long: the
     first counts the recomputation of checkpointing, the second holds every activation.)"""
     K = distiller.few_step.num_steps
     set_checkpointing(distiller, checkpointing)
     if not checkpointing:
-        peaks, _ = measure_iteration(cfg, distiller, batch, K - 1, True, flops=False, depth=depth)
+        peaks, _ = measure_iteration(cfg, distiller, batch, K - 1, True, flops=False, cut_nets=cut_nets)
         return {"peaks": peaks}
     with FlopsWithin(distiller, "_isg_term") as isg:
-        peaks, flops = measure_iteration(cfg, distiller, batch, K - 1, True, flops=True, depth=depth, within=isg)
+        peaks, flops = measure_iteration(cfg, distiller, batch, K - 1, True, flops=True, cut_nets=cut_nets,
+                                         within=isg)
     return {"peaks": peaks, "flops": flops, "isg": isg.flops}
 
 
 _BAD_FORK = "autograd's threading in combination with fork"  # torch's error in a child forked after a backward
 
 
-def _in_two_processes(cfg: RunConfig, parts: RunParts, b: int, cut: bool = False, fallback: bool = True):
-    """Build the networks once, then fork: the half without checkpointing runs in the child, the half with it
-    here. The fork comes before this process runs any backward pass: where torch runs autograd threads for
-    devices (a GPU machine), a child forked after one cannot run autograd (the threads do not survive a
-    fork). Where this process had run one before (a test suite, a notebook), such a child says so and, with
-    `fallback`, the half runs here after the other, as `trace(parallel=False)` does. An exception there is raised here; an exception (or Ctrl-C) here stops the
-    child. Returns (static, grads, K, half with, half without)."""
+def _in_two_processes(cfg: RunConfig, distiller, batch, cut_nets=None, fallback: bool = True
+                      ) -> tuple[dict, dict]:
+    """The two halves of a trace on one build (made under `_fake_mode`, which is still active): fork, the
+    half without checkpointing in the child, the half with it here. The fork comes before this process
+    runs any backward pass: where torch runs autograd threads for devices (a GPU machine), a child forked
+    after one cannot run autograd (the threads do not survive a fork). Where this process had run one
+    before (a test suite, a notebook), such a child says so and, with `fallback`, the half runs here after
+    the other, as `trace(parallel=False)` does. An exception there is raised here; an exception (or
+    Ctrl-C) here stops the child. Returns (half with, half without)."""
     from multiprocessing import get_context
 
     ctx = get_context("fork")
-    with _fake_mode():
-        distiller, batch, depth = _build_for_trace(cfg, parts, b, cut)
-        static, grads, K = _sizes_of(distiller, depth)
-        here, there = ctx.Pipe(duplex=False)
-        proc = ctx.Process(target=_half_to_pipe, args=(there, cfg, distiller, batch, depth), daemon=True)
-        proc.start()
-        there.close()
+    here, there = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_half_to_pipe, args=(there, cfg, distiller, batch, cut_nets), daemon=True)
+    proc.start()
+    there.close()
+    try:
+        on = _half(cfg, distiller, batch, True, cut_nets)
         try:
-            on = _half(cfg, distiller, batch, True, depth)
-            try:
-                kind, value = here.recv()
-            except EOFError:
-                proc.join()
-                raise RuntimeError(f"the planner's second process ended without an answer (exit code {proc.exitcode}); "
-                                   f"trace(..., parallel=False) runs both halves here") from None
-        except BaseException:
-            proc.kill()
-            raise
-        finally:
+            kind, value = here.recv()
+        except EOFError:
             proc.join()
-            here.close()
-        if kind == "error" and fallback and _BAD_FORK in str(value):
-            kind, value = "ok", _half(cfg, distiller, batch, False, depth)
+            raise RuntimeError(f"the planner's second process ended without an answer (exit code {proc.exitcode}); "
+                               f"trace(..., parallel=False) runs both halves here") from None
+    except BaseException:
+        proc.kill()
+        raise
+    finally:
+        proc.join()
+        here.close()
+    if kind == "error" and fallback and _BAD_FORK in str(value):
+        kind, value = "ok", _half(cfg, distiller, batch, False, cut_nets)
     if kind == "error":
         raise value
-    return static, grads, K, on, value
+    return on, value
 
 
-def _half_to_pipe(conn, cfg: RunConfig, distiller, batch, depth) -> None:
+def _half_to_pipe(conn, cfg: RunConfig, distiller, batch, cut_nets) -> None:
     """The forked child's work: the half without checkpointing, sent back (or the exception it raised)."""
     try:
-        result = ("ok", _half(cfg, distiller, batch, False, depth))
+        result = ("ok", _half(cfg, distiller, batch, False, cut_nets))
     except Exception as e:  # noqa: BLE001 - sent back to the planner, which raises it
         result = ("error", e)
     try:
@@ -757,7 +756,7 @@ def mean_iteration_flops(cfg: RunConfig, flops: dict[str, int], isg: int, K: int
     }
 
 
-def measure_iteration(cfg: RunConfig, distiller, batch, k: int, backsim: bool, flops: bool = True, depth=None,
+def measure_iteration(cfg: RunConfig, distiller, batch, k: int, backsim: bool, flops: bool = True, cut_nets=None,
                       within: FlopsWithin | None = None) -> tuple[dict[str, int], dict[str, int]]:
     """Run one generator iteration at anchor k; per component, the peak of the bytes it creates on top of
     what was there and, when asked, its FLOPs, both from the same pass (LiveBytes with count_flops). torch's
@@ -766,16 +765,16 @@ def measure_iteration(cfg: RunConfig, distiller, batch, k: int, backsim: bool, f
     generator step traced 13% higher under it), so it would need a pass of its own. Fake or real tensors
     alike."""
     return _trace_parts(cfg, iteration_parts(distiller, batch, k, backsim, True), distiller.device.type, flops,
-                        depth, within)
+                        cut_nets, within)
 
 
-def _trace_parts(cfg: RunConfig, parts, device_type: str, flops: bool, depth=None,
+def _trace_parts(cfg: RunConfig, parts, device_type: str, flops: bool, cut_nets=None,
                  within: FlopsWithin | None = None) -> tuple[dict[str, int], dict[str, int]]:
     """Run each named part under the run's autocast inside one LiveBytes: its peak and, when asked, its FLOPs.
-    With `depth` (cut denoisers), the full depth's peaks and FLOPs from the recorded events."""
+    With `cut_nets` (cut denoisers), the full depth's peaks and FLOPs from the recorded events."""
     peaks: dict[str, int] = {}
     counts: dict[str, int] = {}
-    recorder = depth() if depth is not None else None
+    recorder = depth_extension.DepthRecorder(cut_nets) if cut_nets is not None else None
     tracker = LiveBytes(count_flops=flops, recorder=recorder, within=within)
     names = [name for name, _ in parts]
     with tracker, _autocast(cfg, device_type), (recorder or contextlib.nullcontext()):

@@ -204,7 +204,10 @@ from tests.test_planner import NARROW, _narrow_cfg
 cfg = _narrow_cfg()
 parts = planner.run_parts(cfg, text_tokens=16)
 parts.overrides = dict(NARROW)
-static, grads, K, on, off = planner._in_two_processes(cfg, parts, cfg.train.batch_size, fallback=False)
+with planner._fake_mode():
+    d, batch, cut_nets = planner._build_for_trace(cfg, parts, cfg.train.batch_size)
+    static, grads, K = planner._sizes_of(d, cut_nets)
+    on, off = planner._in_two_processes(cfg, d, batch, cut_nets, fallback=False)
 json.dump({"static": static, "grads": grads, "K": K, "on": on, "off": off}, sys.stdout)
 """
 
@@ -272,9 +275,14 @@ def test_a_child_that_cannot_run_autograd_is_told_apart(monkeypatch):
     cfg = _narrow_cfg()
     parts = planner.run_parts(cfg, text_tokens=16)
     parts.overrides = dict(NARROW)
-    with pytest.raises(RuntimeError, match="autograd's threading in combination with fork"):
-        planner._in_two_processes(cfg, parts, cfg.train.batch_size, fallback=False)
-    static, grads, K, on, off = planner._in_two_processes(cfg, parts, cfg.train.batch_size)
+    with planner._fake_mode():
+        d, batch, _ = planner._build_for_trace(cfg, parts, cfg.train.batch_size)
+        with pytest.raises(RuntimeError, match="autograd's threading in combination with fork"):
+            planner._in_two_processes(cfg, d, batch, fallback=False)
+    with planner._fake_mode():  # a build of its own (two builds under one FakeTensorMode can crash torch at exit)
+        d, batch, _ = planner._build_for_trace(cfg, parts, cfg.train.batch_size)
+        static = planner._sizes_of(d)[0]
+        on, off = planner._in_two_processes(cfg, d, batch)
     one = planner.trace(cfg, parts, parallel=False)
     assert static == one[False].static_bytes and off["peaks"] == one[False].peak_new
 
