@@ -1,6 +1,7 @@
 """Time to answer: `senseflow plan PRESET` for every paper preset on this machine, first (empty trace cache)
 and again (cached), each in a fresh process; wall and CPU seconds, and the plan's memory per GPU beside the
-one in results/bench/plans-2026-11-27/ (the README's table) to show the faster trace gives the same answer.
+one in results/bench/plans-2026-11-27/ (the README's table) to show the faster trace gives the same answer
+(or, where a fix changed it, which figures moved: `differs_from_reference`).
 
     python scripts/bench_plan_time.py [PRESET ...]     -> results/bench/plan-time.json
 """
@@ -45,18 +46,27 @@ def timed_plan(preset: str, cache: Path) -> dict:
             "tflop_per_iteration": round(sum(plan["flops"].values()) / 1e12, 2), "plan": plan}
 
 
-def _same(plan: dict, ref: dict) -> bool:
-    """The traces (each component's peak and FLOPs), the FLOPs and the layouts' bytes agree, numbers to 1e-9."""
-    def same(a, b) -> bool:
-        if isinstance(a, dict) and isinstance(b, dict):
-            return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-        if isinstance(a, list) and isinstance(b, list):
-            return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b))
-        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
-            return abs(a - b) <= 1e-9 * max(abs(a), abs(b), 1.0)
-        return a == b
+def _differences(plan: dict, ref: dict) -> list[str]:
+    """Where the traces (each component's peak and FLOPs), the FLOPs and the layouts' bytes differ, numbers
+    compared to 1e-9: their paths, e.g. 'traces/checkpointing/peak_new/backward simulation'."""
+    out: list[str] = []
 
-    return all(same(plan[k], ref[k]) for k in ("traces", "flops", "layouts"))
+    def walk(a, b, path: str) -> None:
+        if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
+            for k in a:
+                walk(a[k], b[k], f"{path}/{k}")
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{path}/{i}")
+        elif isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            if abs(a - b) > 1e-9 * max(abs(a), abs(b), 1.0):
+                out.append(path)
+        elif a != b:
+            out.append(path)
+
+    for k in ("traces", "flops", "layouts"):
+        walk(plan[k], ref[k], k)
+    return out
 
 
 def main() -> int:
@@ -95,7 +105,8 @@ def main() -> int:
                "reference_memory_gib": round(ref["layouts"][0]["total_gib"], 3) if ref else None,
                "reference_tflop_per_iteration": round(sum(ref["flops"].values()) / 1e12, 2) if ref else None,
                # every layout's bytes and every component's FLOPs (ISG's share included), to 1e-9
-               "same_as_reference": _same(plan, ref) if ref else None}
+               "same_as_reference": not _differences(plan, ref) if ref else None,
+               "differs_from_reference": _differences(plan, ref) if ref else None}
         rows.append(row)
         print(json.dumps(row), flush=True)
     path = record.write(Path(args.out), {**head, "rows": rows})

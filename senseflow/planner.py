@@ -40,6 +40,7 @@ not modelled.
 from __future__ import annotations
 
 import contextlib
+import warnings
 import weakref
 from dataclasses import dataclass, field, replace
 
@@ -68,17 +69,30 @@ class PlanError(ValueError):
 
 
 # ----------------------------------------------------------------------------- fake-tensor helpers
+_DEVICE = torch.ops.prim.device.default
+_SCALAR = torch.ops.aten._local_scalar_dense.default
+
+
 class _ScalarReads(TorchDispatchMode):
     """Reading a fake tensor's value (float(), bool(), .item()) gives 1.0 instead of raising."""
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func is torch.ops.aten._local_scalar_dense.default:
-            t = args[0]
-            return 1 if not t.dtype.is_floating_point else 1.0
+        if func is _SCALAR:
+            return 1.0 if args[0].dtype.is_floating_point else 1
         return func(*args, **(kwargs or {}))
 
 
-_DEVICE = torch.ops.prim.device.default
+@contextlib.contextmanager
+def _scalar_reads_answered_above():
+    """While a LiveBytes above it answers fake tensors' scalar reads, the `_ScalarReads` of `_fake_mode`
+    steps aside: one Python dispatch layer fewer for every op (about 15 us of the 100-odd a fake op costs)."""
+    from torch.utils._python_dispatch import _get_current_dispatch_mode, _pop_mode_temporarily
+
+    if isinstance(_get_current_dispatch_mode(), _ScalarReads):
+        with _pop_mode_temporarily():
+            yield
+    else:
+        yield
 
 
 class LiveBytes(TorchDispatchMode):
@@ -94,7 +108,9 @@ class LiveBytes(TorchDispatchMode):
 
     count_flops=True also adds up `flops`: torch's FLOP formulas (`flop_counter`'s, attention on the CPU
     included) applied to each op as it is dispatched. Unlike FlopCounterMode this decomposes nothing, so the
-    memory is the same with or without counting, and one pass gives both."""
+    memory is the same with or without counting, and one pass gives both.
+
+    A fake tensor's scalar read (float(), .item()) reads 1.0 here, as under `_ScalarReads`."""
 
     def __init__(self, count_flops: bool = False, recorder=None, within=None):
         super().__init__()
@@ -137,6 +153,8 @@ class LiveBytes(TorchDispatchMode):
             if mode is not None:
                 return torch.device("meta") if mode.in_kernel_invocation else args[0].fake_device
             return func(*args)
+        if func is _SCALAR and getattr(args[0], "fake_mode", None) is not None:
+            return 1.0 if args[0].dtype.is_floating_point else 1
         out = func(*args, **(kwargs or {}))
         inputs = {t.untyped_storage()._cdata for t in tree_leaves((args, kwargs))
                   if isinstance(t, torch.Tensor) and t.layout == torch.strided}
@@ -451,8 +469,10 @@ def _adamw_states(opt: torch.optim.AdamW) -> None:
         on_device = group["capturable"] or group["fused"]
         for p in group["params"]:
             state = opt.state[p]
+            # torch makes the CPU step with torch.tensor(0.0): a real scalar the mode converts, several times
+            # slower than the fake one ones() makes, with the same shape, dtype and device
             state["step"] = (torch.ones((), dtype=torch.float32, device=p.device) if on_device
-                             else torch.tensor(1.0, dtype=torch.get_default_dtype(), device="cpu"))
+                             else torch.ones((), dtype=torch.get_default_dtype(), device="cpu"))
             state["exp_avg"] = torch.empty_like(p, memory_format=torch.preserve_format)
             state["exp_avg_sq"] = torch.empty_like(p, memory_format=torch.preserve_format)
             if group["amsgrad"]:
@@ -587,14 +607,15 @@ def _grad_bytes(distiller) -> dict[str, int]:
 
 
 def trace(cfg: RunConfig, parts: RunParts, *, batch_size: int | None = None, parallel: bool = True,
-          cut: bool = True) -> dict[bool, Trace]:
+          cut: bool = True, meanwhile=None) -> dict[bool, Trace]:
     """Build the run under FakeTensorMode and trace one generator iteration at the last anchor with backward
     simulation (the costliest), with gradient checkpointing of G and F on (memory and FLOPs, one pass) and
     off (memory), ISG's FLOPs counted apart in the first (`FlopsWithin`). Returns {checkpointing: Trace}.
 
-    parallel=True (2+ cores, and a system that forks): the networks are built once and the half without
-    checkpointing runs in a forked child while this process traces the half with it (`_in_two_processes`);
+    parallel=True (2+ cores, and a system that forks): the networks are built once and the half with
+    checkpointing runs in a forked child while this process traces the half without it (`_in_two_processes`);
     the answer comes in about half the time. Otherwise the halves run one after the other on one build.
+    `meanwhile`, if given, is called while the child works (with the fake mode off), or after the halves.
 
     cut=True traces the denoisers with their block stacks cut short and extends the trace to the full depth
     (`senseflow.depth_extension`; the same figures, tested, in a fraction of the time); cut=False traces
@@ -607,9 +628,13 @@ def trace(cfg: RunConfig, parts: RunParts, *, batch_size: int | None = None, par
         distiller, batch, cut_nets = _build_for_trace(cfg, parts, b, cut)
         static, grads, K = _sizes_of(distiller, cut_nets)
         if parallel and (os.cpu_count() or 1) >= 2 and "fork" in multiprocessing.get_all_start_methods():
-            on, off = _in_two_processes(cfg, distiller, batch, cut_nets)
+            on, off = _in_two_processes(cfg, distiller, batch, cut_nets, meanwhile=meanwhile)
+            meanwhile = None
         else:
-            on, off = _half(cfg, distiller, batch, True, cut_nets), _half(cfg, distiller, batch, False, cut_nets)
+            off = _half(cfg, distiller, batch, False, cut_nets)  # first, as in _in_two_processes
+            on = _half(cfg, distiller, batch, True, cut_nets)
+    if meanwhile is not None:
+        meanwhile()
     mean = mean_iteration_flops(cfg, on["flops"], on["isg"], K)
     return {True: Trace(mean, int(sum(on["flops"].values())), static, on["peaks"], grads),
             False: Trace({}, 0, static, off["peaks"], grads)}  # FLOPs are not counted without checkpointing
@@ -619,7 +644,15 @@ def trace(cfg: RunConfig, parts: RunParts, *, batch_size: int | None = None, par
 def _fake_mode():
     from torch._subclasses.fake_tensor import FakeTensorMode
 
-    with FakeTensorMode(allow_non_fake_inputs=True), _ScalarReads():
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    # A fake tensor keeps its mode in its __dict__, which copy.deepcopy copies with it: each deep copy of a
+    # module of fake tensors (G and F are copies of the teacher, `Denoiser.student_copy`) would bring a
+    # FakeTensorMode of its own, and this one would take the copies' weights for foreign inputs, every op
+    # that reads one bypassing its dispatch cache (several times slower). Copies keep this mode.
+    mode.__deepcopy__ = lambda memo: mode
+    with warnings.catch_warnings(), mode, _ScalarReads():
+        # torch's Tensor.__deepcopy__ asks a fake tensor for its data pointer and warns that this is deprecated
+        warnings.filterwarnings("ignore", message="Accessing the data pointer of FakeTensor", category=UserWarning)
         yield
 
 
@@ -659,33 +692,62 @@ def _sizes_of(distiller, cut_nets=None) -> tuple[int, dict[str, int], int]:
     return static, grads, distiller.few_step.num_steps
 
 
-def _half(cfg: RunConfig, distiller, batch, checkpointing: bool, cut_nets=None) -> dict:
+def _half(cfg: RunConfig, distiller, batch, checkpointing: bool, cut_nets=None, backsim: bool = True,
+          flops: bool = False) -> dict:
     """One half of a trace: with checkpointing, the peaks and FLOPs of one iteration, ISG's share of them
-    counted apart (`FlopsWithin`); without, the peaks of one iteration. (The halves take about as long: the
-    first counts the recomputation of checkpointing, the second holds every activation.)"""
+    counted apart (`FlopsWithin`); without, the peaks of one iteration (and its FLOPs with `flops`). The
+    half with checkpointing takes longer: it also runs the recomputation.
+
+    backsim=False: the backward simulation runs without G's forwards (`_backsim_without_forwards`), its
+    figures left for the other half's: they run under no_grad, where checkpointing changes nothing."""
     K = distiller.few_step.num_steps
     set_checkpointing(distiller, checkpointing)
-    if not checkpointing:
-        peaks, _ = measure_iteration(cfg, distiller, batch, K - 1, True, flops=False, cut_nets=cut_nets)
-        return {"peaks": peaks}
-    with FlopsWithin(distiller, "_isg_term") as isg:
-        peaks, flops = measure_iteration(cfg, distiller, batch, K - 1, True, flops=True, cut_nets=cut_nets,
-                                         within=isg)
-    return {"peaks": peaks, "flops": flops, "isg": isg.flops}
+    with contextlib.nullcontext() if backsim else _backsim_without_forwards(distiller):
+        if not checkpointing:
+            peaks, counts = measure_iteration(cfg, distiller, batch, K - 1, True, flops=flops, cut_nets=cut_nets)
+            return {"peaks": peaks, "flops": counts} if flops else {"peaks": peaks}
+        with FlopsWithin(distiller, "_isg_term") as isg:
+            peaks, counts = measure_iteration(cfg, distiller, batch, K - 1, True, flops=True, cut_nets=cut_nets,
+                                              within=isg)
+    return {"peaks": peaks, "flops": counts, "isg": isg.flops}
+
+
+@contextlib.contextmanager
+def _backsim_without_forwards(distiller):
+    """The backward simulation with each of G's predictions replaced by an empty tensor like its input: the
+    noise, re-noising and the sample it hands on are as before (the x0 it re-noises has the input's shape
+    and dtype in every family), without the forwards of G. What it costs is then the other half's to give
+    (`_in_two_processes`)."""
+    few = distiller.few_step
+    real = few.backward_simulate
+
+    class Blank:
+        def x0(self, x, sigma, cond, guidance=None):
+            return torch.empty_like(x)
+
+    few.backward_simulate = lambda student, *args, **kwargs: real(Blank(), *args, **kwargs)
+    try:
+        yield
+    finally:
+        del few.backward_simulate
 
 
 _BAD_FORK = "autograd's threading in combination with fork"  # torch's error in a child forked after a backward
 
 
-def _in_two_processes(cfg: RunConfig, distiller, batch, cut_nets=None, fallback: bool = True
+def _in_two_processes(cfg: RunConfig, distiller, batch, cut_nets=None, fallback: bool = True, meanwhile=None
                       ) -> tuple[dict, dict]:
     """The two halves of a trace on one build (made under `_fake_mode`, which is still active): fork, the
-    half without checkpointing in the child, the half with it here. The fork comes before this process
-    runs any backward pass: where torch runs autograd threads for devices (a GPU machine), a child forked
-    after one cannot run autograd (the threads do not survive a fork). Where this process had run one
-    before (a test suite, a notebook), such a child says so and, with `fallback`, the half runs here after
-    the other, as `trace(parallel=False)` does. An exception there is raised here; an exception (or
-    Ctrl-C) here stops the child. Returns (half with, half without)."""
+    half with checkpointing in the child, the half without it here, then `meanwhile()` (fake mode off)
+    while the child finishes. The halves are evened out: the child's runs the backward simulation without
+    G's forwards (`_backsim_without_forwards`), and this one counts the FLOPs that stand for them.
+
+    The fork comes before this process runs any backward pass: where torch runs autograd threads for
+    devices (a GPU machine), a child forked after one cannot run autograd (the threads do not survive a
+    fork). Where this process had run one before (a test suite, a notebook), such a child says so and,
+    with `fallback`, the half runs here after the other, as `trace(parallel=False)` does. An exception
+    there is raised here; an exception (or Ctrl-C) here stops the child. Returns (half with, half
+    without)."""
     from multiprocessing import get_context
 
     ctx = get_context("fork")
@@ -694,7 +756,10 @@ def _in_two_processes(cfg: RunConfig, distiller, batch, cut_nets=None, fallback:
     proc.start()
     there.close()
     try:
-        on = _half(cfg, distiller, batch, True, cut_nets)
+        off = _half(cfg, distiller, batch, False, cut_nets, True, True)
+        if meanwhile is not None:
+            with _real_mode(True):
+                meanwhile()
         try:
             kind, value = here.recv()
         except EOFError:
@@ -708,16 +773,19 @@ def _in_two_processes(cfg: RunConfig, distiller, batch, cut_nets=None, fallback:
         proc.join()
         here.close()
     if kind == "error" and fallback and _BAD_FORK in str(value):
-        kind, value = "ok", _half(cfg, distiller, batch, False, cut_nets)
+        kind, value = "ok", _half(cfg, distiller, batch, True, cut_nets, False)
     if kind == "error":
         raise value
-    return on, value
+    on, name = value, "backward simulation"
+    on["peaks"][name], on["flops"][name] = off["peaks"][name], off.pop("flops")[name]
+    return on, off
 
 
 def _half_to_pipe(conn, cfg: RunConfig, distiller, batch, cut_nets) -> None:
-    """The forked child's work: the half without checkpointing, sent back (or the exception it raised)."""
+    """The forked child's work: the half with checkpointing, its backward simulation without G's forwards,
+    sent back (or the exception it raised)."""
     try:
-        result = ("ok", _half(cfg, distiller, batch, False, cut_nets))
+        result = ("ok", _half(cfg, distiller, batch, True, cut_nets, False))
     except Exception as e:  # noqa: BLE001 - sent back to the planner, which raises it
         result = ("error", e)
     try:
@@ -777,7 +845,8 @@ def _trace_parts(cfg: RunConfig, parts, device_type: str, flops: bool, cut_nets=
     recorder = depth_extension.DepthRecorder(cut_nets) if cut_nets is not None else None
     tracker = LiveBytes(count_flops=flops, recorder=recorder, within=within)
     names = [name for name, _ in parts]
-    with tracker, _autocast(cfg, device_type), (recorder or contextlib.nullcontext()):
+    recording = recorder or contextlib.nullcontext()
+    with _scalar_reads_answered_above(), tracker, _autocast(cfg, device_type), recording:
         for name, fn in parts:
             tracker.reset_peak()
             before = tracker.flops
@@ -1046,12 +1115,13 @@ def _cached(path, compute, encode, decode):
     return value
 
 
-def cached_trace(cfg: RunConfig, parts: RunParts, cache_dir=None) -> dict[bool, Trace]:
+def cached_trace(cfg: RunConfig, parts: RunParts, cache_dir=None, meanwhile=None) -> dict[bool, Trace]:
     """`trace`, kept as JSON under <cache>/plan/ keyed by everything it depends on (`_trace_key`): a trace of
-    a full-size model takes a minute or more on a small CPU, a cached one is read at once."""
+    a full-size model takes a minute or more on a small CPU, a cached one is read at once. `meanwhile` is
+    called while a trace is made (`trace`), not when one is read."""
     from dataclasses import asdict
 
-    return _cached(_cache_path(cfg, parts, "", cache_dir), lambda: trace(cfg, parts),
+    return _cached(_cache_path(cfg, parts, "", cache_dir), lambda: trace(cfg, parts, meanwhile=meanwhile),
                    lambda traces: {str(k): asdict(v) for k, v in traces.items()},
                    lambda raw: {k == "True": Trace(**v) for k, v in raw.items()})
 
@@ -1081,8 +1151,9 @@ def plan(cfg: RunConfig, *, gpus: int = 8, gpu_mem_gib: float = 80.0, nodes: int
         raise PlanError(f"train.shard_group={cfg.train.shard_group} does not divide --gpus {gpus}; use a divisor of "
                         f"{gpus} (e.g. the GPUs per node, {gpus // nodes}) or 0 for all")
     parts = run_parts(cfg)
-    traces = traces or cached_trace(cfg, parts)  # first: its second process starts at once
-    nets, unit = cached_network_sizes(cfg, parts)
+    sizes = []  # the network sizes are counted while the trace's second process works, if there is a trace
+    traces = traces or cached_trace(cfg, parts, meanwhile=lambda: sizes.append(cached_network_sizes(cfg, parts)))
+    nets, unit = sizes[0] if sizes else cached_network_sizes(cfg, parts)
     ck = cfg.train.gradient_checkpointing
     eight = cfg.optim.eight_bit
     budget = (gpu_mem_gib - HEADROOM_GIB) * GIB

@@ -261,8 +261,9 @@ def test_a_child_that_cannot_run_autograd_is_told_apart(monkeypatch):
     """A child forked after its parent ran a backward pass cannot run autograd where torch had started device
     threads for it (a GPU machine): torch raises "Unable to handle autograd's threading in combination with
     fork-based multiprocessing". The planner recognises that error and traces the half itself, after the
-    other, which is the one-process answer. The child's error is simulated here: whether torch raises it
-    depends on the devices it sees."""
+    other, which is the one-process answer (its backward simulation run without G's forwards, its figures
+    the other half's: the same, to the byte and FLOP). The child's error is simulated here: whether torch
+    raises it depends on the devices it sees."""
     parent, real_half = os.getpid(), planner._half
 
     def half(*args, **kwargs):
@@ -281,10 +282,12 @@ def test_a_child_that_cannot_run_autograd_is_told_apart(monkeypatch):
             planner._in_two_processes(cfg, d, batch, fallback=False)
     with planner._fake_mode():  # a build of its own (two builds under one FakeTensorMode can crash torch at exit)
         d, batch, _ = planner._build_for_trace(cfg, parts, cfg.train.batch_size)
-        static = planner._sizes_of(d)[0]
+        static, _, K = planner._sizes_of(d)
         on, off = planner._in_two_processes(cfg, d, batch)
     one = planner.trace(cfg, parts, parallel=False)
     assert static == one[False].static_bytes and off["peaks"] == one[False].peak_new
+    assert on["peaks"] == one[True].peak_new
+    assert planner.mean_iteration_flops(cfg, on["flops"], on["isg"], K) == one[True].flops
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
