@@ -132,7 +132,8 @@ def main() -> int:
                                                 flops=False)
         except torch.cuda.OutOfMemoryError as e:
             measured, live = {"out of memory": str(e).splitlines()[0]}, {}
-        traced = p["traces"][label]["peak_new"]
+        # with 8-bit AdamW, the components' peaks without torch AdamW's temporaries (Trace.component_peaks)
+        traced = p["traces"][label]["peak_new_8bit" if cfg.optim.eight_bit else "peak_new"]
         phases[label] = {name: {"measured_gib": v / 2 ** 30 if isinstance(v, int) else v,
                                 "storages_followed_on_gpu_gib": live.get(name, 0) / 2 ** 30,
                                 "planned_gib": traced.get(name, 0) / 2 ** 30,

@@ -206,6 +206,7 @@ class DepthRecorder:
         self.deltas: list[int] = []
         self.boundaries: list[int] = []
         self.flops: list[int] = []
+        self.steps: list[list[int]] = []           # [first event, end] of each optimizer step (`step_begin`)
         self.recording = False
 
     # -- hooks
@@ -369,30 +370,60 @@ class DepthRecorder:
             self.boundaries.append(len(self.deltas))
             self.flops.append(0)
 
+    def step_begin(self) -> None:
+        if self.recording:
+            self.steps.append([len(self.deltas), -1])
+
+    def step_end(self) -> None:
+        if self.recording and self.steps:
+            self.steps[-1][1] = len(self.deltas)
+
     # -- the full depth
-    def deep(self) -> tuple[list[int], list[int]]:
+    def deep(self) -> tuple[list[int], list[int], list[tuple[int, list[tuple[int, int]]]]]:
         """Per component (in the order of `boundary` calls): the full network's peak of the bytes created
-        during the iteration, and its FLOPs."""
+        during the iteration, its FLOPs, and its peak apart from the optimizer steps with each step's level at
+        its start and own peak above that (as `LiveBytes.steps_apart`)."""
         before: dict[int, list[_Family]] = {}
         after: dict[int, list[_Family]] = {}
         for fam in self.families.values():
             if fam.first < 0:
                 continue
             (before if fam.backward else after).setdefault(fam.first if fam.backward else fam.last, []).append(fam)
+        step_at = {lo: (hi if hi >= 0 else len(self.deltas)) for lo, hi in self.steps}
         peaks: list[int] = []
+        apart: list[tuple[int, list[tuple[int, int]]]] = []
         level = 0
         ends = self.boundaries[1:] + [len(self.deltas)]
         for start, end in zip(self.boundaries, ends):
-            peak = level
+            peak = outside = level
+            steps: list[tuple[int, int]] = []
+            step_end = -1  # the event that ends the step running, or -1
+
+            def reached(top: int) -> None:
+                nonlocal peak, outside
+                peak = max(peak, top)
+                if step_end >= 0:
+                    steps[-1] = (steps[-1][0], max(steps[-1][1], top - steps[-1][0]))
+                else:
+                    outside = max(outside, top)
+
             for i in range(start, end):
+                if i in step_at:
+                    step_end = step_at[i]
+                    steps.append((level, 0))
+                if i == step_end:
+                    step_end = -1
                 for fam in before.get(i, ()):
-                    level, peak = _insert(fam, level, peak)
+                    level, top = _insert(fam, level, level)
+                    reached(top)
                 level += self.deltas[i]
-                peak = max(peak, level)
+                reached(level)
                 for fam in after.get(i, ()):
-                    level, peak = _insert(fam, level, peak)
+                    level, top = _insert(fam, level, level)
+                    reached(top)
             peaks.append(peak)
-        return peaks, list(self.flops)
+            apart.append((outside, steps))
+        return peaks, list(self.flops), apart
 
 
 def _representatives(networks):

@@ -110,7 +110,11 @@ class LiveBytes(TorchDispatchMode):
     included) applied to each op as it is dispatched. Unlike FlopCounterMode this decomposes nothing, so the
     memory is the same with or without counting, and one pass gives both.
 
-    A fake tensor's scalar read (float(), .item()) reads 1.0 here, as under `_ScalarReads`."""
+    A fake tensor's scalar read (float(), .item()) reads 1.0 here, as under `_ScalarReads`.
+
+    Optimizer steps marked with `step_begin`/`step_end` are also followed apart (`steps_apart`): what a
+    step creates and frees within itself (torch AdamW's temporaries) depends on the optimizer and on how
+    the parameters are sharded, so the planner scales it per layout (`Trace.component_peaks`)."""
 
     def __init__(self, count_flops: bool = False, recorder=None, within=None):
         super().__init__()
@@ -119,13 +123,34 @@ class LiveBytes(TorchDispatchMode):
         self.live = 0
         self.peak = 0
         self.flops = 0
+        self._outside = 0                    # the peak since reset_peak apart from the optimizer steps
+        self._steps: list[list[int]] = []    # [level at the start, peak above it] of each step since reset_peak
+        self._stepping = False
         self._refs: dict[int, weakref.ref] = {}
         self._formulas = flop_counter().flop_registry if count_flops else None
 
     def reset_peak(self) -> None:
-        self.peak = self.live
+        self.peak = self._outside = self.live
+        self._steps = []
         if self.recorder is not None:
             self.recorder.boundary()
+
+    def step_begin(self) -> None:
+        self._outside = max(self._outside, self.live)
+        self._steps.append([self.live, 0])
+        self._stepping = True
+        if self.recorder is not None:
+            self.recorder.step_begin()
+
+    def step_end(self) -> None:
+        self._stepping = False
+        if self.recorder is not None:
+            self.recorder.step_end()
+
+    def steps_apart(self) -> tuple[int, list[tuple[int, int]]]:
+        """Since `reset_peak`: the peak apart from the optimizer steps, and each step's (level at its start,
+        own peak above that)."""
+        return self._outside, [tuple(s) for s in self._steps]
 
     def _follow(self, t: torch.Tensor, owner=None) -> None:
         st = t.untyped_storage()
@@ -144,6 +169,11 @@ class LiveBytes(TorchDispatchMode):
         self._refs[key] = weakref.ref(st, gone)
         self.live += n
         self.peak = max(self.peak, self.live)
+        if self._stepping:
+            step = self._steps[-1]
+            step[1] = max(step[1], self.live - step[0])
+        else:
+            self._outside = max(self._outside, self.live)
         if recorder is not None:
             recorder.born(key, n, owner)
 
@@ -585,15 +615,33 @@ class Trace:
     static_bytes: int                        # parameters + buffers + optimizer states, there before the iteration
     peak_new: dict[str, int]                 # per component: peak of the bytes created during the iteration
     grads: dict[str, int]                    # per component: bytes of the gradients it creates
+    # per component: [its peak apart from the optimizer steps, [[bytes at a step's start, the step's own peak
+    # above them], ...]]: torch AdamW's temporaries, which other optimizers and layouts do not have
+    apart: dict[str, list]
+
+    def __post_init__(self) -> None:  # one form, lists, however made (a trace, or its cached JSON)
+        self.apart = {k: [int(outside), [[int(a), int(b)] for a, b in steps]]
+                      for k, (outside, steps) in self.apart.items()}
 
     @property
     def peak_bytes(self) -> int:
         return self.static_bytes + max(self.peak_new.values())
 
+    def component_peaks(self, group: int = 1, eight_bit: bool = False) -> dict[str, int]:
+        """Per component, its peak with the optimizer steps' own temporaries as one GPU has them: torch
+        AdamW's (traced on every parameter) for the 1/group of the parameters it steps under FSDP, none for
+        bitsandbytes' 8-bit AdamW, which updates each parameter in place. (1, False) is `peak_new`."""
+        scale = 0.0 if eight_bit else 1.0 / group
+        return {k: int(max([outside] + [start + top * scale for start, top in steps]))
+                for k, (outside, steps) in self.apart.items()}
+
+    def activations_for(self, group: int = 1, eight_bit: bool = False) -> int:
+        """The largest transient of a component less the gradients it keeps (those depend on the layout)."""
+        return max(v - self.grads.get(k, 0) for k, v in self.component_peaks(group, eight_bit).items())
+
     @property
     def activations(self) -> int:
-        """The largest transient of a component less the gradients it keeps (those depend on the layout)."""
-        return max(v - self.grads.get(k, 0) for k, v in self.peak_new.items())
+        return self.activations_for()
 
 
 def _grad_bytes(distiller) -> dict[str, int]:
@@ -636,8 +684,8 @@ def trace(cfg: RunConfig, parts: RunParts, *, batch_size: int | None = None, par
     if meanwhile is not None:
         meanwhile()
     mean = mean_iteration_flops(cfg, on["flops"], on["isg"], K)
-    return {True: Trace(mean, int(sum(on["flops"].values())), static, on["peaks"], grads),
-            False: Trace({}, 0, static, off["peaks"], grads)}  # FLOPs are not counted without checkpointing
+    return {True: Trace(mean, int(sum(on["flops"].values())), static, on["peaks"], grads, on["apart"]),
+            False: Trace({}, 0, static, off["peaks"], grads, off["apart"])}  # FLOPs: with checkpointing only
 
 
 @contextlib.contextmanager
@@ -702,14 +750,16 @@ def _half(cfg: RunConfig, distiller, batch, checkpointing: bool, cut_nets=None, 
     figures left for the other half's: they run under no_grad, where checkpointing changes nothing."""
     K = distiller.few_step.num_steps
     set_checkpointing(distiller, checkpointing)
+    apart: dict = {}
     with contextlib.nullcontext() if backsim else _backsim_without_forwards(distiller):
         if not checkpointing:
-            peaks, counts = measure_iteration(cfg, distiller, batch, K - 1, True, flops=flops, cut_nets=cut_nets)
-            return {"peaks": peaks, "flops": counts} if flops else {"peaks": peaks}
+            peaks, counts = measure_iteration(cfg, distiller, batch, K - 1, True, flops=flops, cut_nets=cut_nets,
+                                              apart=apart)
+            return {"peaks": peaks, "apart": apart, **({"flops": counts} if flops else {})}
         with FlopsWithin(distiller, "_isg_term") as isg:
             peaks, counts = measure_iteration(cfg, distiller, batch, K - 1, True, flops=True, cut_nets=cut_nets,
-                                              within=isg)
-    return {"peaks": peaks, "flops": counts, "isg": isg.flops}
+                                              within=isg, apart=apart)
+    return {"peaks": peaks, "apart": apart, "flops": counts, "isg": isg.flops}
 
 
 @contextlib.contextmanager
@@ -777,7 +827,8 @@ def _in_two_processes(cfg: RunConfig, distiller, batch, cut_nets=None, fallback:
     if kind == "error":
         raise value
     on, name = value, "backward simulation"
-    on["peaks"][name], on["flops"][name] = off["peaks"][name], off.pop("flops")[name]
+    on["peaks"][name], on["apart"][name] = off["peaks"][name], off["apart"][name]
+    on["flops"][name] = off.pop("flops")[name]
     return on, off
 
 
@@ -825,41 +876,74 @@ def mean_iteration_flops(cfg: RunConfig, flops: dict[str, int], isg: int, K: int
 
 
 def measure_iteration(cfg: RunConfig, distiller, batch, k: int, backsim: bool, flops: bool = True, cut_nets=None,
-                      within: FlopsWithin | None = None) -> tuple[dict[str, int], dict[str, int]]:
+                      within: FlopsWithin | None = None, apart: dict | None = None
+                      ) -> tuple[dict[str, int], dict[str, int]]:
     """Run one generator iteration at anchor k; per component, the peak of the bytes it creates on top of
     what was there and, when asked, its FLOPs, both from the same pass (LiveBytes with count_flops). torch's
     FlopCounterMode is not used here: it decomposes every operator it has no formula for (group and layer
     norms among them) into smaller ones, whose intermediate tensors a real run never makes (a narrow SD3.5
     generator step traced 13% higher under it), so it would need a pass of its own. Fake or real tensors
-    alike."""
+    alike. `apart`: a dict given the optimizer steps' share per component (`_trace_parts`)."""
     return _trace_parts(cfg, iteration_parts(distiller, batch, k, backsim, True), distiller.device.type, flops,
-                        cut_nets, within)
+                        cut_nets, within, (distiller.opt_g, distiller.opt_f, distiller.opt_d), apart)
 
 
 def _trace_parts(cfg: RunConfig, parts, device_type: str, flops: bool, cut_nets=None,
-                 within: FlopsWithin | None = None) -> tuple[dict[str, int], dict[str, int]]:
+                 within: FlopsWithin | None = None, optimizers=(), apart: dict | None = None
+                 ) -> tuple[dict[str, int], dict[str, int]]:
     """Run each named part under the run's autocast inside one LiveBytes: its peak and, when asked, its FLOPs.
-    With `cut_nets` (cut denoisers), the full depth's peaks and FLOPs from the recorded events."""
+    With `cut_nets` (cut denoisers), the full depth's peaks and FLOPs from the recorded events. With a dict
+    `apart`, the steps of `optimizers` are followed apart: per part, (its peak apart from them, [(level
+    at a step's start, the step's own peak above it), ...]) (`LiveBytes.steps_apart`)."""
     peaks: dict[str, int] = {}
     counts: dict[str, int] = {}
     recorder = depth_extension.DepthRecorder(cut_nets) if cut_nets is not None else None
     tracker = LiveBytes(count_flops=flops, recorder=recorder, within=within)
     names = [name for name, _ in parts]
     recording = recorder or contextlib.nullcontext()
-    with _scalar_reads_answered_above(), tracker, _autocast(cfg, device_type), recording:
+    with _scalar_reads_answered_above(), tracker, _autocast(cfg, device_type), recording, \
+            _steps_marked(optimizers, tracker):
         for name, fn in parts:
             tracker.reset_peak()
             before = tracker.flops
             fn()
             peaks[name] = tracker.peak
             counts[name] = counts.get(name, 0) + tracker.flops - before
+            if apart is not None:
+                apart[name] = tracker.steps_apart()
     if recorder is not None:
-        deep_peaks, deep_flops = recorder.deep()
+        deep_peaks, deep_flops, deep_apart = recorder.deep()
         peaks, counts = {}, {}
-        for name, p, f in zip(names, deep_peaks, deep_flops):
+        for name, p, f, a in zip(names, deep_peaks, deep_flops, deep_apart):
             peaks[name] = p
             counts[name] = counts.get(name, 0) + f
+            if apart is not None:
+                apart[name] = a
     return peaks, (counts if flops else {})
+
+
+@contextlib.contextmanager
+def _steps_marked(optimizers, tracker: LiveBytes):
+    """Each optimizer's `step` runs between the tracker's step_begin and step_end."""
+    marked = []
+    for opt in optimizers:
+        if opt is None:
+            continue
+
+        def step(*args, _real=opt.step, **kwargs):
+            tracker.step_begin()
+            try:
+                return _real(*args, **kwargs)
+            finally:
+                tracker.step_end()
+
+        opt.step = step
+        marked.append(opt)
+    try:
+        yield
+    finally:
+        for opt in marked:
+            del opt.step
 
 
 def _static_bytes(distiller, opts) -> int:
@@ -1037,14 +1121,15 @@ class Plan:
             "seconds_per_iteration": {c: self.seconds_per_iteration(c) for c in PEAK_BF16},
             "traces": {("checkpointing" if ck else "no checkpointing"): {
                 "static_bytes": t.static_bytes, "peak_new": t.peak_new, "grads": t.grads,
-                "activations": t.activations, "flops_iteration": t.flops_iteration} for ck, t in self.traces.items()},
+                "activations": t.activations, "flops_iteration": t.flops_iteration,
+                "peak_new_8bit": t.component_peaks(1, True), "apart": t.apart} for ck, t in self.traces.items()},
             "fits": self.fits, "advice": self.advice, "smallest_cluster": self.smallest_cluster,
             "config": self.cfg.to_dict(),  # the resolved run config the plan is for
         }
 
 
-def activation_bytes(t: Trace) -> int:
-    return int(t.activations)
+def activation_bytes(t: Trace, group: int = 1, eight_bit: bool = False) -> int:
+    return int(t.activations_for(group, eight_bit))
 
 
 def layout_bytes(cfg: RunConfig, nets: list[NetworkSize], unit_params: int, trace_: Trace, group: int, *,
@@ -1063,7 +1148,7 @@ def layout_bytes(cfg: RunConfig, nets: list[NetworkSize], unit_params: int, trac
         out["FSDP gathered units"] = float(2 * unit_params * compute)
     elif one_process and compute < train_size:
         out["autocast weight cache"] = float(sum(n.params for n in trainable) * compute)
-    out["activations"] = float(activation_bytes(trace_))
+    out["activations"] = float(activation_bytes(trace_, group, eight_bit))
     return out
 
 
@@ -1238,7 +1323,7 @@ def render(p: Plan) -> list[str]:
                      f"{str(n.dtype).removeprefix('torch.')}{'  trained' if n.trainable else ''}")
     for ck in (True, False):
         lines.append(f"activations at batch {cfg.train.batch_size}, gradient checkpointing {'on ' if ck else 'off'}: "
-                     f"{activation_bytes(p.traces[ck]) / GIB:.2f} GiB (traced peak)")
+                     f"{activation_bytes(p.traces[ck], eight_bit=cfg.optim.eight_bit) / GIB:.2f} GiB (traced peak)")
     lines.append("")
     for lay in p.layouts:
         lines.append(f"memory per GPU, {lay.name}, checkpointing {'on' if lay.checkpointing else 'off'}:")

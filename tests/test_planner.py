@@ -58,7 +58,8 @@ def test_flux_student_has_no_guidance_embedder_and_sizes_follow_the_precision_po
 
 def _stub_trace(activations=10 * 2 ** 30):
     return planner.Trace(flops={"generator step": 1e15}, flops_iteration=0, static_bytes=0,
-                         peak_new={"generator step": activations}, grads={"generator step": 0})
+                         peak_new={"generator step": activations}, grads={"generator step": 0},
+                         apart={"generator step": [activations, []]})
 
 
 def test_layout_bytes_shard_the_trainable_state_and_count_eight_bit_states():
@@ -419,6 +420,41 @@ def test_the_cut_trace_extended_equals_the_full_trace(case):
     full, extended = planner.trace(cfg, parts, parallel=False, cut=False), planner.trace(cfg, parts, parallel=False)
     for ck in (True, False):
         assert extended[ck] == full[ck], (ck, extended[ck], full[ck])
+
+
+def test_the_optimizer_steps_temporaries_are_traced_apart():
+    """The trace follows the optimizer steps apart (`Trace.component_peaks`): one process with torch AdamW
+    gives the traced peaks; with bitsandbytes' 8-bit AdamW, which updates each parameter in place, a
+    component's peak leaves torch AdamW's temporaries out, and equals, to the byte, that of the same iteration
+    with an in-place optimizer (SGD without momentum); under FSDP each GPU steps 1/group of the parameters,
+    and the temporaries shrink so."""
+    cfg = _narrow_cfg()
+    parts = planner.run_parts(cfg, text_tokens=16)
+    parts.overrides = dict(NARROW)
+
+    def traced(in_place: bool):
+        with planner._fake_mode():  # a build of its own per run
+            d, text = planner.build_distiller(cfg, parts, fake=True)
+            batch = planner.make_batch(cfg, d, text, 2)
+            planner.warm_optimizers(d)
+            if in_place:
+                for name in ("opt_g", "opt_f", "opt_d"):
+                    params = [p for g in getattr(d, name).param_groups for p in g["params"]]
+                    setattr(d, name, torch.optim.SGD(params, lr=1e-3, foreach=True))
+            apart: dict = {}
+            peaks, _ = planner.measure_iteration(cfg, d, batch, 3, True, flops=False, apart=apart)
+        return peaks, apart
+
+    peaks, apart = traced(False)
+    t = planner.Trace({}, 0, 0, peaks, {}, apart)
+    assert t.component_peaks() == peaks
+    assert all(len(apart[k][1]) == 1 for k in ("generator step", "fake-score step", "discriminator step"))
+    in_place, _ = traced(True)
+    eight = t.component_peaks(eight_bit=True)
+    assert in_place == eight
+    assert eight["fake-score step"] < peaks["fake-score step"]  # there, AdamW's temporaries make the peak
+    sharded = t.component_peaks(group=4)
+    assert all(eight[k] <= sharded[k] <= peaks[k] for k in peaks) and sharded != peaks
 
 
 def test_fake_adamw_states_are_those_of_a_real_first_step():
