@@ -3,7 +3,9 @@ and again (cached), each in a fresh process; wall and CPU seconds, and the plan'
 one in results/bench/plans-2026-11-27/ (the README's table) to show the faster trace gives the same answer
 (or, where a fix changed it, which figures moved: `differs_from_reference`).
 
-    python scripts/bench_plan_time.py [PRESET ...]     -> results/bench/plan-time.json
+    python scripts/bench_plan_time.py [PRESET ...] [--save-plans DIR]     -> results/bench/plan-time.json
+
+--save-plans DIR also writes each first plan's JSON there (DIR/PRESET.json), as the README's table is made.
 """
 
 from __future__ import annotations
@@ -52,8 +54,8 @@ def _differences(plan: dict, ref: dict) -> list[str]:
     out: list[str] = []
 
     def walk(a, b, path: str) -> None:
-        if isinstance(a, dict) and isinstance(b, dict) and a.keys() == b.keys():
-            for k in a:
+        if isinstance(a, dict) and isinstance(b, dict) and b.keys() <= a.keys():  # figures added since: not compared
+            for k in b:
                 walk(a[k], b[k], f"{path}/{k}")
         elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
             for i, (x, y) in enumerate(zip(a, b)):
@@ -73,6 +75,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("presets", nargs="*", default=PRESETS)
     ap.add_argument("--out", default=str(REPO / "results" / "bench" / "plan-time.json"))
+    ap.add_argument("--save-plans", default="", help="a folder for each first plan's JSON (PRESET.json)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     from senseflow import config
@@ -101,6 +104,9 @@ def main() -> int:
         ref = json.loads(ref_path.read_text()) if ref_path.is_file() else None
         plan = first.pop("plan")
         again.pop("plan")
+        if args.save_plans:
+            Path(args.save_plans).mkdir(parents=True, exist_ok=True)
+            (Path(args.save_plans) / f"{preset}.json").write_text(json.dumps(plan, indent=1))
         row = {"preset": preset, "first": first, "cached": again,
                "reference_memory_gib": round(ref["layouts"][0]["total_gib"], 3) if ref else None,
                "reference_tflop_per_iteration": round(sum(ref["flops"].values()) / 1e12, 2) if ref else None,

@@ -1,0 +1,68 @@
+"""A GPU smoke run's measured peaks (scripts/gpu_smoke.py's JSON) beside a plan of the same configuration made
+later, on any machine (`senseflow plan ... --gpus 1 --json`): what a change of the planner does to its
+agreement with a measurement already made, without a GPU. Per component, with checkpointing on and off, the
+measured peak and the planned one (the 8-bit peaks for an 8-bit run), and the whole run's peak beside the plan
+less the text encoders the smoke run does not load.
+
+    python scripts/gpu_smoke_vs_plan.py SMOKE.json PLAN.json [--out FILE]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+GIB = 2 ** 30
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+
+
+def compare(smoke: dict, plan: dict) -> dict:
+    eight = plan["config"]["optim"]["eight_bit"]
+    if (plan["gpus"] != 1 or plan["preset"] != smoke["preset"] or eight != ("optim.eight_bit=true" in smoke["overrides"])
+            or plan["config"]["model"]["resolution"] != smoke["resolution"]):
+        raise ValueError("the plan is not of the smoke run's configuration (preset, resolution, 8-bit states, one GPU)")
+    text = sum((n["params"] + n["buffers"]) * DTYPE_BYTES[n["dtype"]] for n in plan["networks"]
+               if n["role"] == "text encoder")
+    planned = plan["layouts"][0]["total_gib"] * GIB - text
+    rows = []
+    for label, measured in smoke["phase_peaks"].items():
+        traced = plan["traces"][label]["peak_new_8bit" if eight else "peak_new"]
+        for name, r in measured.items():
+            m = r["measured_gib"]
+            if isinstance(m, str):  # the run's own note (out of memory)
+                rows.append({"checkpointing": label, "component": name, "measured": m})
+                continue
+            p = traced[name] / GIB
+            rows.append({"checkpointing": label, "component": name, "measured_gib": round(m, 4),
+                         "planned_gib": round(p, 4), "planned_over_measured": round(p / m, 4)})
+    return {"card": smoke["card"], "smoke_date": smoke["date"], "eight_bit": eight,
+            "run_peak_gib": round(smoke["peak_allocated_gib"], 3),
+            "planned_gib_without_text_encoders": round(planned / GIB, 3),
+            "planned_over_measured": round(planned / GIB / smoke["peak_allocated_gib"], 4), "components": rows}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("smoke")
+    ap.add_argument("plan")
+    ap.add_argument("--out", default="")
+    args = ap.parse_args()
+    try:
+        with open(args.smoke) as f:
+            smoke = json.load(f)
+        with open(args.plan) as f:
+            plan = json.load(f)
+        result = compare(smoke, plan)
+    except (OSError, ValueError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(result, indent=1))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(result, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
