@@ -10,10 +10,11 @@
 # the first iterations dominate), the NCCL check ~1 min with 2+ GPUs; each step is capped with `timeout` so
 # the whole script stops within 10 minutes. A failed step does not stop the others; the script exits 1 if
 # any failed, after naming them. Exits 3 with one line when no CUDA GPU is visible.
-# SD3.5-Medium's full-size run needs 97 GiB by the plan (95.6 GiB measured on an H200, 2026-11-27): on a
+# SD3.5-Medium's full-size run needs 96.8 GiB by the plan (95.6 GiB measured on an H200, 2026-11-27): on a
 # card with less (an 80 GB H100) it stops with the planner's figure (exit 4); pass overrides that shrink it
-# (e.g. model.resolution=512). Measured on one H200: GPU-marked tests 54 s, the full-size run 52 s (12
-# iterations) to 80 s (20).
+# (optim.eight_bit=true: 67.6 GiB planned, 66.5 GiB measured on an H100, 2026-11-28). Measured on one H200:
+# GPU-marked tests 54 s, the full-size run 52 s (12 iterations) to 80 s (20); on one H100: 40 s, and the
+# 8-bit run of 20 iterations 67 s with its per-component check.
 # Usage: [GPU_SMOKE_PLAN=plan.json] bash scripts/gpu-smoke.sh [overrides for the full-size run...]
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -111,6 +111,19 @@ def test_plan_bad_input_is_one_line_and_status_2(capsys, args, fragment):
     assert fragment in err and len(err.splitlines()) <= 2 and "Traceback" not in err
 
 
+def test_the_plan_process_ends_with_everything_said():
+    """`senseflow plan` ends its process without Python's teardown (`cli._NOTHING_TO_CLOSE`): what it printed
+    is all there when the process is gone, and its status is kept (0 for the help, 2 for bad input)."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    ok = subprocess.run([sys.executable, "-m", "senseflow", "plan", "--help"], capture_output=True, text=True,
+                        env=env, cwd=REPO, timeout=120)
+    assert ok.returncode == 0 and "--gpu-mem" in ok.stdout and "Show this message and exit" in ok.stdout  # the last
+    bad = subprocess.run([sys.executable, "-m", "senseflow", "plan", "sd35-huge-senseflow"], capture_output=True,
+                         text=True, env=env, cwd=REPO, timeout=120)
+    assert bad.returncode == 2 and bad.stdout == "" and len(bad.stderr.strip().splitlines()) == 1
+    assert "unknown preset" in bad.stderr
+
+
 NARROW = dict(num_layers=2, num_attention_heads=2, attention_head_dim=16, caption_projection_dim=32,
               joint_attention_dim=64, pooled_projection_dim=64, pos_embed_max_size=16, dual_attention_layers=(0,))
 
