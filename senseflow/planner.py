@@ -924,7 +924,8 @@ def _trace_parts(cfg: RunConfig, parts, device_type: str, flops: bool, cut_nets=
 
 @contextlib.contextmanager
 def _steps_marked(optimizers, tracker: LiveBytes):
-    """Each optimizer's `step` runs between the tracker's step_begin and step_end."""
+    """Each optimizer's `step` runs between the tracker's step_begin and step_end (then `step` is as it was,
+    a wrapper of its own, such as an LR scheduler's, included)."""
     marked = []
     for opt in optimizers:
         if opt is None:
@@ -937,13 +938,16 @@ def _steps_marked(optimizers, tracker: LiveBytes):
             finally:
                 tracker.step_end()
 
+        marked.append((opt, vars(opt).get("step")))
         opt.step = step
-        marked.append(opt)
     try:
         yield
     finally:
-        for opt in marked:
-            del opt.step
+        for opt, own in marked:
+            if own is None:
+                del opt.step
+            else:
+                opt.step = own
 
 
 def _static_bytes(distiller, opts) -> int:
