@@ -74,12 +74,11 @@ def measure(size: str) -> dict:
 def planned(size: str) -> dict:
     """The planner's trace of the same iteration (gradient checkpointing off, as train.py runs on a CPU):
     static bytes, the peak of what the iteration creates, and FLOPs by component, from one fake pass."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
 
     from senseflow import planner
 
     cfg, parts = setup(size)
-    with FakeTensorMode(allow_non_fake_inputs=True), planner._ScalarReads():
+    with planner._fake_mode():  # the trace's own mode (deep copies keep it)
         d, text = planner.build_distiller(cfg, parts, fake=True)
         batch = planner.make_batch(cfg, d, text, cfg.train.batch_size)
         planner.warm_optimizers(d)

@@ -16,7 +16,6 @@ pytestmark = [pytest.mark.gpu,
 def narrow_iteration():
     """One generator iteration of a narrow SD3.5 distiller on the GPU (bf16 autocast, fp32 G/F/D heads, bf16
     teacher and backbones) and the planner's fake-tensor trace of the same iteration."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
 
     from senseflow import config as C
     from senseflow import planner
@@ -40,7 +39,7 @@ def narrow_iteration():
     peak_new = torch.cuda.max_memory_allocated() - base
     with torch.autocast("cuda", dtype=torch.bfloat16):
         m = d.step(1, batch)
-    with FakeTensorMode(allow_non_fake_inputs=True), planner._ScalarReads():
+    with planner._fake_mode():  # the trace's own mode (deep copies keep it)
         f, ftext = planner.build_distiller(cfg, parts, fake=True)
         fbatch = planner.make_batch(cfg, f, ftext, 2)
         planner.warm_optimizers(f)

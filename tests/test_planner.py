@@ -138,7 +138,6 @@ def _narrow_cfg():
 def test_fake_trace_counts_the_same_flops_and_bytes_as_real_tensors():
     """The planner's trace runs the real Distiller's methods on fake tensors: its FLOP count and the bytes
     each component creates equal those of the same iteration on real tensors."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
 
     cfg = _narrow_cfg()
     parts = planner.run_parts(cfg, text_tokens=16)
@@ -148,7 +147,7 @@ def test_fake_trace_counts_the_same_flops_and_bytes_as_real_tensors():
     batch = planner.make_batch(cfg, real, text, 2)
     planner.warm_optimizers(real)
     peaks_real, flops_real = planner.measure_iteration(cfg, real, batch, 3, True)
-    with FakeTensorMode(allow_non_fake_inputs=True), planner._ScalarReads():
+    with planner._fake_mode():  # the trace's own mode (deep copies keep it)
         fake, ftext = planner.build_distiller(cfg, parts, fake=True)
         fbatch = planner.make_batch(cfg, fake, ftext, 2)
         planner.warm_optimizers(fake)
@@ -385,7 +384,6 @@ def test_memory_is_traced_without_the_flop_counter():
     smaller ones whose intermediates a real run never holds: memory traced under it came out higher. The
     planner counts FLOPs in its own memory pass without decomposing anything, so the peaks do not depend on
     counting FLOPs, and the count equals FlopCounterMode's, component by component."""
-    from torch._subclasses.fake_tensor import FakeTensorMode
 
     cfg = C.resolve("sd35-medium-senseflow", ["model.resolution=64", "model.dtype=bfloat16",
                                                "train.trainable_dtype=float32", "train.mixed_precision=bf16",
@@ -393,7 +391,7 @@ def test_memory_is_traced_without_the_flop_counter():
                                                "gan.hidden_channels=8", "optim.eight_bit=false", "optim.ttur=1"])
     parts = planner.run_parts(cfg, text_tokens=16)
     parts.overrides = dict(NARROW)
-    with FakeTensorMode(allow_non_fake_inputs=True), planner._ScalarReads():
+    with planner._fake_mode():  # the trace's own mode (deep copies keep it)
         d, text = planner.build_distiller(cfg, parts, fake=True)
         batch = planner.make_batch(cfg, d, text, 2)
         planner.warm_optimizers(d)
