@@ -87,6 +87,13 @@ def main() -> int:
         except config.ConfigError as e:
             print(f"error: {e}", file=sys.stderr)
             return 2
+    if args.save_plans:  # a folder that cannot be written stops before any plan runs
+        try:
+            Path(args.save_plans).mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            print(f"error: --save-plans {args.save_plans}: {e.strerror or e}; give a folder that can be written",
+                  file=sys.stderr)
+            return 2
     rows = []
     code = 0
     head = record.header("plan-time", 0, {"presets": args.presets, "cores": os.cpu_count()})
@@ -105,7 +112,6 @@ def main() -> int:
         plan = first.pop("plan")
         again.pop("plan")
         if args.save_plans:
-            Path(args.save_plans).mkdir(parents=True, exist_ok=True)
             (Path(args.save_plans) / f"{preset}.json").write_text(json.dumps(plan, indent=1))
         row = {"preset": preset, "first": first, "cached": again,
                "reference_memory_gib": round(ref["layouts"][0]["total_gib"], 3) if ref else None,

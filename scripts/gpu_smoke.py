@@ -31,6 +31,21 @@ import time
 SMOKE_OVERRIDES = ["train.gradient_checkpointing=true", "train.mixed_precision=bf16"]
 
 
+def planned_without_text_encoders(plan: dict) -> float:
+    """Bytes on the GPU of a one-GPU plan (its JSON) less the text encoders, which this run does not load."""
+    import torch
+
+    text = sum((n["params"] + n["buffers"]) * getattr(torch, n["dtype"]).itemsize
+               for n in plan["networks"] if n["role"] == "text encoder")
+    return plan["layouts"][0]["total_gib"] * 2 ** 30 - text
+
+
+def planned_peaks(plan: dict, label: str) -> dict[str, int]:
+    """Per component, the plan's traced peak ('checkpointing' or 'no checkpointing') for the run's optimizer:
+    with 8-bit AdamW, the peaks without torch AdamW's temporaries (Trace.component_peaks)."""
+    return plan["traces"][label]["peak_new_8bit" if plan["config"]["optim"]["eight_bit"] else "peak_new"]
+
+
 def _plan(cfg, path: str, card_gib: float) -> dict:
     from senseflow import planner
 
@@ -87,9 +102,7 @@ def main() -> int:
     t0 = time.perf_counter()
     p = _plan(cfg, args.plan, card / 2 ** 30)
     plan_s = time.perf_counter() - t0
-    text_bytes = sum((n["params"] + n["buffers"]) * getattr(torch, n["dtype"]).itemsize
-                     for n in p["networks"] if n["role"] == "text encoder")
-    predicted = p["layouts"][0]["total_gib"] * 2 ** 30 - text_bytes
+    predicted = planned_without_text_encoders(p)
 
     print(f"planner: {predicted / 2 ** 30:.1f} GiB on one GPU without the text encoders "
           f"(card: {card / 2 ** 30:.1f} GiB; plan {'read from ' + args.plan if args.plan else f'made in {plan_s:.0f} s'})",
@@ -132,8 +145,7 @@ def main() -> int:
                                                 flops=False)
         except torch.cuda.OutOfMemoryError as e:
             measured, live = {"out of memory": str(e).splitlines()[0]}, {}
-        # with 8-bit AdamW, the components' peaks without torch AdamW's temporaries (Trace.component_peaks)
-        traced = p["traces"][label]["peak_new_8bit" if cfg.optim.eight_bit else "peak_new"]
+        traced = planned_peaks(p, label)
         phases[label] = {name: {"measured_gib": v / 2 ** 30 if isinstance(v, int) else v,
                                 "storages_followed_on_gpu_gib": live.get(name, 0) / 2 ** 30,
                                 "planned_gib": traced.get(name, 0) / 2 ** 30,

@@ -13,8 +13,9 @@ import argparse
 import json
 import sys
 
+from gpu_smoke import planned_peaks, planned_without_text_encoders  # this folder's scripts/gpu_smoke.py
+
 GIB = 2 ** 30
-DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 
 
 def compare(smoke: dict, plan: dict) -> dict:
@@ -22,12 +23,10 @@ def compare(smoke: dict, plan: dict) -> dict:
     if (plan["gpus"] != 1 or plan["preset"] != smoke["preset"] or eight != ("optim.eight_bit=true" in smoke["overrides"])
             or plan["config"]["model"]["resolution"] != smoke["resolution"]):
         raise ValueError("the plan is not of the smoke run's configuration (preset, resolution, 8-bit states, one GPU)")
-    text = sum((n["params"] + n["buffers"]) * DTYPE_BYTES[n["dtype"]] for n in plan["networks"]
-               if n["role"] == "text encoder")
-    planned = plan["layouts"][0]["total_gib"] * GIB - text
+    planned = planned_without_text_encoders(plan)
     rows = []
     for label, measured in smoke["phase_peaks"].items():
-        traced = plan["traces"][label]["peak_new_8bit" if eight else "peak_new"]
+        traced = planned_peaks(plan, label)
         for name, r in measured.items():
             m = r["measured_gib"]
             if isinstance(m, str):  # the run's own note (out of memory)
@@ -48,14 +47,20 @@ def main() -> int:
     ap.add_argument("plan")
     ap.add_argument("--out", default="")
     args = ap.parse_args()
+    docs = {}
+    for what, path in (("smoke", args.smoke), ("plan", args.plan)):
+        try:
+            with open(path) as f:
+                docs[what] = json.load(f)
+        except (OSError, ValueError) as e:
+            print(f"error: {what} {path}: {e}; give the JSON of "
+                  f"{'scripts/gpu_smoke.py --out' if what == 'smoke' else 'senseflow plan ... --gpus 1 --json'}",
+                  file=sys.stderr)
+            return 2
     try:
-        with open(args.smoke) as f:
-            smoke = json.load(f)
-        with open(args.plan) as f:
-            plan = json.load(f)
-        result = compare(smoke, plan)
-    except (OSError, ValueError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        result = compare(docs["smoke"], docs["plan"])
+    except (ValueError, KeyError) as e:
+        print(f"error: {args.smoke} and {args.plan}: {e}", file=sys.stderr)
         return 2
     print(json.dumps(result, indent=1))
     if args.out:

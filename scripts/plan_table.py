@@ -21,10 +21,14 @@ def main() -> int:
         print("usage: python scripts/plan_table.py OUT_FOLDER", file=sys.stderr)
         return 2
     out = Path(sys.argv[1])
+    try:  # before minutes of planning
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"error: OUT_FOLDER {out}: {e.strerror or e}; give a folder that can be written", file=sys.stderr)
+        return 2
     sys.path.insert(0, str(REPO))
     from senseflow import config, planner
 
-    out.mkdir(parents=True, exist_ok=True)
     gib = planner.GIB
     for preset in PRESETS:
         plans = {}

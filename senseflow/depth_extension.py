@@ -42,6 +42,8 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from senseflow.discriminators import bottleneck_index  # the DMD2 discriminator's tap, kept by the cut
+
 _NO_SEQUENCE = 2 ** 64 - 1  # the sequence number of AccumulateGrad nodes
 
 
@@ -93,12 +95,6 @@ class Cut:
         return sum(sum(s.copies.values()) for s in self.stacks)
 
 
-def _bottleneck(n: int) -> tuple[int, int | None]:
-    """The DMD2 discriminator's tap on a transformer of n blocks (`discriminators.locate_bottleneck`)."""
-    m = (n - 1) // 2
-    return m, (m + 1 if m + 1 < n else None)
-
-
 def denoiser_cut(family: str, config: dict, bottleneck: bool) -> Cut | None:
     """The cut of a published denoiser config (None when no run is long enough to cut). bottleneck=True
     keeps DMD2's bottleneck block and the block after it (SD3/FLUX: their index in the full network)."""
@@ -106,7 +102,7 @@ def denoiser_cut(family: str, config: dict, bottleneck: bool) -> Cut | None:
         n = int(config["num_layers"])
         dual = set(config.get("dual_attention_layers") or ())
         kinds = ["last" if i == n - 1 else "dual" if i in dual else "plain" for i in range(n)]
-        pins = [i for i in _bottleneck(n) if i is not None] if bottleneck else []
+        pins = [i for i in bottleneck_index(n) if i is not None] if bottleneck else []
         kept, copies = keep_blocks(kinds, pins)
         if not copies:
             return None
@@ -115,7 +111,7 @@ def denoiser_cut(family: str, config: dict, bottleneck: bool) -> Cut | None:
         return Cut(overrides, (CutStack("transformer_blocks", tuple(kept), copies),), tap)
     if family == "flux":
         n1, n2 = int(config["num_layers"]), int(config["num_single_layers"])
-        pins = [i for i in _bottleneck(n1 + n2) if i is not None] if bottleneck else []
+        pins = [i for i in bottleneck_index(n1 + n2) if i is not None] if bottleneck else []
         kept1, copies1 = keep_blocks(["double"] * n1, [p for p in pins if p < n1])
         kept2, copies2 = keep_blocks(["single"] * n2, [p - n1 for p in pins if p >= n1])
         if not copies1 and not copies2:

@@ -722,6 +722,13 @@ class _StopForward(Exception):
     """Raised by a pre-hook to end the fake score's forward once the bottleneck has been read."""
 
 
+def bottleneck_index(n: int) -> tuple[int, int | None]:
+    """Of a transformer's n blocks taken as one sequence, the bottleneck block's index and the next one's
+    (None when the bottleneck is the last block)."""
+    m = (n - 1) // 2
+    return m, (m + 1 if m + 1 < n else None)
+
+
 def locate_bottleneck(denoiser: Denoiser) -> tuple[nn.Module, nn.Module | None]:
     """(module whose output is the bottleneck, the module run right after it or None).
 
@@ -737,8 +744,8 @@ def locate_bottleneck(denoiser: Denoiser) -> tuple[nn.Module, nn.Module | None]:
     if not blocks:
         raise TypeError(f"no bottleneck found in {type(bb).__name__}: expected a UNet with mid_block or a "
                         "transformer with transformer_blocks")
-    m = (len(blocks) - 1) // 2
-    return blocks[m], (blocks[m + 1] if m + 1 < len(blocks) else None)
+    m, after = bottleneck_index(len(blocks))
+    return blocks[m], (blocks[after] if after is not None else None)
 
 
 def bottleneck_channels(denoiser: Denoiser) -> int:

@@ -806,7 +806,7 @@ def _in_two_processes(cfg: RunConfig, distiller, batch, cut_nets=None, fallback:
     proc.start()
     there.close()
     try:
-        off = _half(cfg, distiller, batch, False, cut_nets, True, True)
+        off = _half(cfg, distiller, batch, False, cut_nets, backsim=True, flops=True)
         if meanwhile is not None:
             with _real_mode(True):
                 meanwhile()
