@@ -106,9 +106,8 @@ def denoiser_cut(family: str, config: dict, bottleneck: bool) -> Cut | None:
         kept, copies = keep_blocks(kinds, pins)
         if not copies:
             return None
-        tap = (kept.index(pins[0]), kept.index(pins[1]) if len(pins) > 1 else None) if pins else None
         overrides = dict(num_layers=len(kept), dual_attention_layers=tuple(p for p, i in enumerate(kept) if i in dual))
-        return Cut(overrides, (CutStack("transformer_blocks", tuple(kept), copies),), tap)
+        return Cut(overrides, (CutStack("transformer_blocks", tuple(kept), copies),), _tap(kept, pins))
     if family == "flux":
         n1, n2 = int(config["num_layers"]), int(config["num_single_layers"])
         pins = [i for i in bottleneck_index(n1 + n2) if i is not None] if bottleneck else []
@@ -116,14 +115,20 @@ def denoiser_cut(family: str, config: dict, bottleneck: bool) -> Cut | None:
         kept2, copies2 = keep_blocks(["single"] * n2, [p - n1 for p in pins if p >= n1])
         if not copies1 and not copies2:
             return None
-        joined = kept1 + [n1 + i for i in kept2]
-        tap = (joined.index(pins[0]), joined.index(pins[1]) if len(pins) > 1 else None) if pins else None
         stacks = (CutStack("transformer_blocks", tuple(kept1), copies1),
                   CutStack("single_transformer_blocks", tuple(kept2), copies2))
-        return Cut(dict(num_layers=len(kept1), num_single_layers=len(kept2)), stacks, tap)
+        return Cut(dict(num_layers=len(kept1), num_single_layers=len(kept2)), stacks,
+                   _tap(kept1 + [n1 + i for i in kept2], pins))
     if family == "sdxl":  # the bottleneck is the mid block: nothing to pin
         return _unet_cut(config)
     return None
+
+
+def _tap(kept: list[int], pins: list[int]) -> tuple[int, int | None] | None:
+    """The positions in the cut of the pinned bottleneck block and of the block after it (if pinned)."""
+    if not pins:
+        return None
+    return kept.index(pins[0]), (kept.index(pins[1]) if len(pins) > 1 else None)
 
 
 def _unet_cut(config: dict) -> Cut | None:
